@@ -1,0 +1,365 @@
+//! `dermgate demo`: everything on one machine, for a first look. DEVELOPMENT ONLY.
+//!
+//! Makes development certificates (kept in the state directory so a browser
+//! that trusts the dev CA keeps trusting it), starts the demo backends on
+//! loopback over TLS 1.3 signed by the dev CA (an EHR page; an imaging store
+//! with a generated multi-MB image that supports Range and upload), writes a
+//! `dermgate.toml` for them into the state directory, loads it with the same
+//! loader as `serve`, and prints where to point a browser.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use dermgate_proxy::config::{Config, LogConfig, LogFormat};
+
+/// Runs the demo until Ctrl-C.
+pub fn run(state_dir: &Path, listen: SocketAddr) -> ExitCode {
+    crate::serve::init_logging(&LogConfig {
+        level: "info".into(),
+        format: LogFormat::Text,
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match demo(state_dir, listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dermgate demo: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn demo(state_dir: &Path, listen: SocketAddr) -> Result<(), String> {
+    let certs_dir = state_dir.join("certs");
+    let uploads = state_dir.join("uploads");
+    std::fs::create_dir_all(&uploads).map_err(|e| format!("{}: {e}", uploads.display()))?;
+    if !certs_dir.join("server.key").is_file() {
+        dermgate_proxy::certs::generate_dev(&certs_dir, &[]).map_err(|e| e.to_string())?;
+    }
+    let tls = dermgate_proxy::tls::server_config(
+        &certs_dir.join("server.pem"),
+        &certs_dir.join("server.key"),
+    )
+    .map_err(|e| e.to_string())?;
+    let image = Arc::new(Bytes::from(lesion_bmp(1600, 1200)));
+    let backend = Arc::new(Backend {
+        image: image.clone(),
+        uploads: uploads.clone(),
+    });
+    let ehr = start_backend(tls.clone(), backend.clone(), Kind::Ehr).await?;
+    let img = start_backend(tls, backend, Kind::Imaging).await?;
+
+    let config_path = state_dir.join("dermgate.toml");
+    let config_text = format!(
+        r#"# Written by `dermgate demo` (DEVELOPMENT ONLY). Regenerated at every start.
+[listen]
+addr = "{listen}"
+
+[tls]
+cert = "certs/server.pem"
+key = "certs/server.key"
+
+[log]
+level = "info"
+format = "text"
+
+# Public only because the demo has no identity provider yet: in production
+# these routes would require an MFA-backed session and pass the policy.
+[[route]]
+name = "ehr"
+host = "localhost"
+upstreams = ["https://{ehr}"]
+upstream_ca = "certs/ca.pem"
+public = true
+
+[[route]]
+name = "imaging"
+host = "localhost"
+path = "/imaging"
+upstreams = ["https://{img}"]
+upstream_ca = "certs/ca.pem"
+public = true
+"#
+    );
+    std::fs::write(&config_path, config_text)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let cfg = Config::load(&config_path).map_err(|e| e.to_string())?;
+    let proxy = crate::serve::start(&cfg)
+        .await
+        .map_err(|_| "the proxy could not start".to_string())?;
+    let addr = proxy.local_addr().unwrap_or(listen);
+    let ca = certs_dir.join("ca.pem");
+    let port = addr.port();
+    println!(
+        r#"
+ ┌─ dermgate demo ── DEVELOPMENT ONLY: dev CA, demo backends, public demo routes ─┐
+
+  Open in a browser:   https://localhost:{port}/            (demo EHR)
+                       https://localhost:{port}/imaging/    (imaging viewer, Range, upload)
+
+  Trust the dev CA:    {ca}
+    Chromium/Chrome: Settings → Privacy and security → Security → Manage certificates
+                     → Authorities → Import, then tick "Trust this certificate for identifying websites"
+    Firefox:         Settings → Certificates → View Certificates → Authorities → Import
+    or just try it:  curl --cacert {ca} https://localhost:{port}/
+
+  Range request:       curl --cacert {ca} -r 0-1023 -o /dev/null -w '%{{http_code}} %{{size_download}}\n' https://localhost:{port}/imaging/lesion.bmp
+  Upload:              curl --cacert {ca} -T {ca} https://localhost:{port}/imaging/upload/test.pem
+
+  Config in use:       {config}   (dermgate check --config {config})
+  Backends:            ehr https://{ehr}   imaging https://{img}   (TLS 1.3, dev CA)
+  Stop with Ctrl-C.
+"#,
+        ca = ca.display(),
+        config = config_path.display(),
+    );
+    proxy.run(crate::serve::shutdown_signal()).await;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Ehr,
+    Imaging,
+}
+
+struct Backend {
+    image: Arc<Bytes>,
+    uploads: PathBuf,
+}
+
+async fn start_backend(
+    tls: Arc<rustls::ServerConfig>,
+    backend: Arc<Backend>,
+    kind: Kind,
+) -> Result<SocketAddr, String> {
+    let mut cfg = (*tls).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("demo backend: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| {
+                    let backend = backend.clone();
+                    async move { Ok::<_, Infallible>(backend.handle(kind, req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+type DemoBody = Full<Bytes>;
+
+fn html(body: String) -> Response<DemoBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn status(code: StatusCode, text: &'static str) -> Response<DemoBody> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = code;
+    r
+}
+
+impl Backend {
+    async fn handle(&self, kind: Kind, req: Request<Incoming>) -> Response<DemoBody> {
+        let who = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_string();
+        match (kind, req.method(), req.uri().path()) {
+            (Kind::Ehr, &Method::GET, "/") => html(format!(
+                "<!doctype html><meta charset=utf-8><title>Demo EHR</title>\
+<style>body{{font:16px system-ui;max-width:40em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left}}</style>\
+<h1>Demo EHR</h1><p>Reached through dermgate over TLS 1.3. The gateway says you are at <b>{who}</b>.</p>\
+<table><tr><th>Patient</th><th>Visit</th><th>Reason</th></tr>\
+<tr><td>Demo Patient A</td><td>2026-11-23</td><td>Pigmented lesion, left shoulder</td></tr>\
+<tr><td>Demo Patient B</td><td>2026-11-24</td><td>Psoriasis follow-up</td></tr></table>\
+<p><a href=\"/imaging/\">Open the imaging viewer</a></p>"
+            )),
+            (Kind::Imaging, &Method::GET, "/imaging" | "/imaging/") => html(
+                "<!doctype html><meta charset=utf-8><title>Demo imaging</title>\
+<style>body{font:16px system-ui;max-width:60em;margin:2em auto}img{max-width:100%}</style>\
+<h1>Demo imaging viewer</h1><p>Dermoscopy image (generated, 5.5 MiB BMP, served with Range support):</p>\
+<img src=\"/imaging/lesion.bmp\" alt=\"generated dermoscopy image\">\
+<h2>Upload</h2><input type=file id=f> <button onclick=\"up()\">Upload</button> <span id=r></span>\
+<script>async function up(){const f=document.getElementById('f').files[0];if(!f)return;\
+const r=await fetch('/imaging/upload/'+encodeURIComponent(f.name),{method:'PUT',body:f});\
+document.getElementById('r').textContent=r.status+' '+await r.text();}</script>"
+                    .to_string(),
+            ),
+            (Kind::Imaging, &Method::GET | &Method::HEAD, "/imaging/lesion.bmp") => {
+                serve_range(&self.image, req.headers().get(RANGE).and_then(|v| v.to_str().ok()))
+            }
+            (Kind::Imaging, &Method::PUT, p) if p.starts_with("/imaging/upload/") => {
+                let name: String = p["/imaging/upload/".len()..]
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                    .collect();
+                if name.is_empty() || name.starts_with('.') {
+                    return status(StatusCode::BAD_REQUEST, "bad name\n");
+                }
+                match self.store(&name, req.into_body()).await {
+                    Ok((n, sha)) => html(format!("stored {name}: {n} bytes, sha256 {sha}\n")),
+                    Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR, "upload failed\n"),
+                }
+            }
+            _ => status(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// Streams an upload to disk (never held in memory), hashing as it goes.
+    async fn store(&self, name: &str, mut body: Incoming) -> std::io::Result<(u64, String)> {
+        let path = self.uploads.join(name);
+        let mut f = tokio::fs::File::create(&path).await?;
+        let mut n = 0u64;
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(std::io::Error::other)?;
+            if let Some(data) = frame.data_ref() {
+                ctx.update(data);
+                n += data.len() as u64;
+                f.write_all(data).await?;
+            }
+        }
+        f.flush().await?;
+        let sha: String = ctx
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((n, sha))
+    }
+}
+
+/// A single `bytes=` range (the forms browsers and curl send); anything else gets the whole body.
+fn serve_range(data: &Bytes, range: Option<&str>) -> Response<DemoBody> {
+    let len = data.len() as u64;
+    let parsed = range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|spec| {
+            let (a, b) = spec.split_once('-')?;
+            match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+                (Some(a), Some(b)) => Some((a, b.min(len.saturating_sub(1)))),
+                (Some(a), None) if b.is_empty() => Some((a, len.saturating_sub(1))),
+                (None, Some(n)) if a.is_empty() => {
+                    Some((len.saturating_sub(n), len.saturating_sub(1)))
+                }
+                _ => None,
+            }
+        });
+    let mut r = match parsed {
+        Some((a, b)) if a <= b && a < len => {
+            let slice = data.slice(a as usize..=b as usize);
+            let mut r = Response::new(Full::new(slice));
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = format!("bytes {a}-{b}/{len}").parse() {
+                r.headers_mut().insert(CONTENT_RANGE, v);
+            }
+            r
+        }
+        Some(_) => {
+            let mut r = status(StatusCode::RANGE_NOT_SATISFIABLE, "");
+            if let Ok(v) = format!("bytes */{len}").parse() {
+                r.headers_mut().insert(CONTENT_RANGE, v);
+            }
+            return r;
+        }
+        None => Response::new(Full::new(data.clone())),
+    };
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, http::HeaderValue::from_static("image/bmp"));
+    h.insert("accept-ranges", http::HeaderValue::from_static("bytes"));
+    r
+}
+
+/// A generated dermoscopy-like image: skin background, an irregular pigmented lesion.
+fn lesion_bmp(w: u32, h: u32) -> Vec<u8> {
+    let row = (w * 3).div_ceil(4) * 4;
+    let size = 54 + row * h;
+    let mut out = Vec::with_capacity(size as usize);
+    out.extend_from_slice(b"BM");
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&54u32.to_le_bytes());
+    out.extend_from_slice(&40u32.to_le_bytes());
+    out.extend_from_slice(&w.to_le_bytes());
+    out.extend_from_slice(&h.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&24u16.to_le_bytes());
+    out.extend_from_slice(&[0u8; 24]);
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    for y in 0..h {
+        for x in 0..w {
+            let (dx, dy) = (
+                (x as f32 - cx) / (w as f32 * 0.28),
+                (y as f32 - cy) / (h as f32 * 0.3),
+            );
+            let angle = dy.atan2(dx);
+            let border = 1.0 + 0.12 * (angle * 5.0).sin() + 0.06 * (angle * 13.0).cos();
+            let r = (dx * dx + dy * dy).sqrt() / border;
+            let grain = ((x.wrapping_mul(7919) ^ y.wrapping_mul(104_729)) % 17) as f32;
+            let (b, g, rd) = if r < 1.0 {
+                let t = r * r;
+                (
+                    30.0 + 40.0 * t + grain,
+                    45.0 + 50.0 * t + grain,
+                    70.0 + 80.0 * t + grain,
+                )
+            } else {
+                (150.0 + grain, 170.0 + grain, 225.0 + grain * 0.5)
+            };
+            out.extend_from_slice(&[b as u8, g as u8, rd as u8]);
+        }
+        out.resize(out.len() + (row - w * 3) as usize, 0);
+    }
+    out
+}

@@ -1,0 +1,108 @@
+//! `dermgate`: the proxy binary and admin CLI. One module per command.
+
+mod check;
+mod demo;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dermgate",
+    version,
+    about = "Zero-trust access proxy for dermatology practices",
+    after_help = "Examples:\n  dermgate demo\n  dermgate check --config dermgate.toml\n  dermgate serve --config dermgate.toml\n  dermgate certs dev --out certs --name ehr.example-derm.com\n\nExit codes: 0 ok, 1 refused or failed check, 2 usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    #[command(after_help = "Example:\n  dermgate serve --config /etc/dermgate/dermgate.toml")]
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration: every error with file:line:column, exit 1; or a summary, exit 0.
+    #[command(after_help = "Example:\n  dermgate check --config dermgate.toml")]
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Run a self-contained demo: dev certificates, demo backends and the proxy.
+    #[command(after_help = "Example:\n  dermgate demo --state-dir ./demo-state")]
+    Demo {
+        /// Where certificates, configuration and uploads are kept.
+        #[arg(long, default_value = "demo-state")]
+        state_dir: PathBuf,
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Development CA, server certificate (localhost, 127.0.0.1, ::1 and --name), device CA and
+    /// one device certificate. DEVELOPMENT ONLY.
+    #[command(
+        after_help = "Example:\n  dermgate certs dev --out certs --name ehr.localhost --name img.localhost"
+    )]
+    Dev {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the server certificate.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    dermgate_proxy::tls::install_default_provider();
+    match cli.cmd {
+        Cmd::Serve { config } => serve::run(&config),
+        Cmd::Check { config } => check::run(&config),
+        Cmd::Certs {
+            cmd: CertsCmd::Dev { out, names },
+        } => match dermgate_proxy::certs::generate_dev(&out, &names) {
+            Ok(c) => {
+                println!(
+                    "development certificates (DEV ONLY) written to {}:",
+                    out.display()
+                );
+                for p in [
+                    &c.ca_cert,
+                    &c.server_cert,
+                    &c.server_key,
+                    &c.device_ca_cert,
+                    &c.device_cert,
+                    &c.device_key,
+                ] {
+                    println!("  {}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dermgate certs dev: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Demo { state_dir, listen } => demo::run(&state_dir, listen),
+    }
+}

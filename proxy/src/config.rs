@@ -1,0 +1,691 @@
+//! `dermgate.toml`: raw spanned TOML → validated [`Config`].
+//!
+//! The first stage of everything: `serve`, `check` and `demo` all load the
+//! configuration here, and nowhere else. Every problem in the file is reported
+//! at once, each with file:line:column and what was expected (see
+//! [`dermgate_policy::text`]). Keys of DESIGN.md whose feature is not built yet
+//! are recognised and refused with "not supported yet", so nobody believes a
+//! control is active when it is not; keys that are not in the design are errors
+//! with a did-you-mean.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dermgate_policy::text::{DeTable, Diagnostics, Reader, Value, position};
+use http::Uri;
+
+use crate::canonical;
+use crate::tls;
+
+/// A validated configuration: every value checked, every path resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// `[listen]`.
+    pub listen: Listen,
+    /// `[tls]`.
+    pub tls: TlsFiles,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// `[log]`.
+    pub log: LogConfig,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// TCP (h1, h2) address.
+    pub addr: SocketAddr,
+}
+
+/// `[tls]`: the server certificate chain and key (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Unique name; policy rules and audit records use it.
+    pub name: String,
+    /// Canonical host: lowercase, no trailing dot, no port.
+    pub host: String,
+    /// Canonical path prefix, without a trailing slash unless it is `/`.
+    pub path: String,
+    /// Where requests go, in order (round robin).
+    pub upstreams: Vec<Upstream>,
+    /// CA that signs the upstreams' certificates (required for https upstreams).
+    pub upstream_ca: Option<PathBuf>,
+    /// Plaintext upstreams were asked for explicitly.
+    pub allow_plaintext: bool,
+    /// Served without identity.
+    pub public: bool,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `https://host:port` or `http://host:port` (no path).
+    pub uri: Uri,
+    /// TLS to the upstream.
+    pub tls: bool,
+}
+
+/// Upstream timeouts of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// From request sent to response head received.
+    pub header: Duration,
+    /// An idle pooled upstream connection is closed after this.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            header: Duration::from_secs(30),
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// tracing level filter.
+    pub level: String,
+    /// `json` or `text`.
+    pub format: LogFormat,
+}
+
+/// Operational log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read and is wrong; every problem is listed.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+// The document's sections: (section, keys built now, keys of DESIGN.md not built yet).
+const TOP: &[&str] = &["listen", "tls", "route", "log"];
+const TOP_NOT_YET: &[&str] = &[
+    "oidc", "session", "keys", "store", "policy", "audit", "limits", "alerts",
+];
+const LISTEN: &[&str] = &["addr"];
+const LISTEN_NOT_YET: &[&str] = &[
+    "admin",
+    "admin_token_file",
+    "redirect_http",
+    "trusted_proxies",
+    "proxy_protocol",
+];
+const TLS: &[&str] = &["cert", "key"];
+const TLS_NOT_YET: &[&str] = &["device_ca", "device_crl", "sni"];
+const ROUTE: &[&str] = &[
+    "name",
+    "host",
+    "path",
+    "upstreams",
+    "upstream_ca",
+    "allow_plaintext",
+    "public",
+    "timeouts",
+];
+const ROUTE_NOT_YET: &[&str] = &[
+    "health",
+    "max_body",
+    "integrity",
+    "websocket",
+    "idle",
+    "absolute",
+];
+const TIMEOUTS: &[&str] = &["connect", "header", "idle"];
+const LOG: &[&str] = &["level", "format"];
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+// Keys of the not-yet sections, so a typo inside them is still caught.
+const NOT_YET_SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "oidc",
+        &[
+            "issuer",
+            "client_id",
+            "client_secret_file",
+            "callback",
+            "mfa_amr",
+            "ca",
+            "groups_claim",
+            "api_audience",
+        ],
+    ),
+    ("session", &["auth_host", "idle", "absolute", "keys_file"]),
+    ("keys", &["dir"]),
+    ("store", &["kind", "path", "url"]),
+    ("policy", &["file", "tests", "break_glass_for"]),
+    ("audit", &["file", "sync", "retain", "syslog"]),
+    (
+        "limits",
+        &[
+            "header_bytes",
+            "requests_per_minute_per_user",
+            "connections_per_source",
+            "header_timeout",
+        ],
+    ),
+    ("alerts", &["export_bytes", "export_window", "webhook"]),
+];
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text).map_err(ConfigError::Invalid)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Diagnostics> {
+        let file = path.display().to_string();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut r = Reader::new(&file, text);
+        let Some(doc) = r.parse() else {
+            return Err(r.finish());
+        };
+        let mut v = Validator { r, base };
+        let cfg = v.document(doc.get_ref(), doc.span());
+        let diags = v.r.finish();
+        match cfg {
+            Some(mut cfg) if diags.is_empty() => {
+                cfg.file = path.to_path_buf();
+                Ok(cfg)
+            }
+            _ => Err(if diags.is_empty() {
+                Diagnostics(vec![position(
+                    &file,
+                    text,
+                    0,
+                    "configuration is incomplete".into(),
+                )])
+            } else {
+                diags
+            }),
+        }
+    }
+
+    /// What an operator should know at start: public routes, plaintext upstreams.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for r in &self.routes {
+            if r.public {
+                w.push(format!(
+                    "route `{}` is public: served without identity or policy",
+                    r.name
+                ));
+            }
+            for u in r.upstreams.iter().filter(|u| !u.tls) {
+                w.push(format!(
+                    "route `{}` forwards in plaintext to {} (allow_plaintext = true)",
+                    r.name, u.uri
+                ));
+            }
+        }
+        w
+    }
+
+    /// A short summary of listeners and routes, for `dermgate check`.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{}: ok\nlisten: https://{} (TCP, TLS 1.3 only, ALPN h2, http/1.1)\nroutes: {}\n",
+            self.file.display(),
+            self.listen.addr,
+            self.routes.len()
+        );
+        for r in &self.routes {
+            let ups: Vec<String> = r.upstreams.iter().map(|u| u.uri.to_string()).collect();
+            s.push_str(&format!(
+                "  {:<12} {}{} -> {}{}\n",
+                r.name,
+                r.host,
+                r.path,
+                ups.join(", "),
+                if r.public { "  [public]" } else { "" }
+            ));
+        }
+        for w in self.warnings() {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s
+    }
+}
+
+struct Validator<'s> {
+    r: Reader<'s>,
+    base: &'s Path,
+}
+
+impl Validator<'_> {
+    fn document(&mut self, doc: &DeTable<'_>, span: Range<usize>) -> Option<Config> {
+        self.r
+            .check_keys(doc, "the configuration", TOP, TOP_NOT_YET);
+        for (section, keys) in NOT_YET_SECTIONS {
+            if let Some(v) = doc.get(*section)
+                && let Some(t) = v.get_ref().as_table()
+            {
+                self.r.check_keys(t, &format!("[{section}]"), keys, &[]);
+            }
+        }
+        let listen = self
+            .section(doc, span.clone(), "listen")
+            .and_then(|(t, at)| self.listen(t, at));
+        let tls = self
+            .section(doc, span.clone(), "tls")
+            .and_then(|(t, at)| self.tls(t, at));
+        let log = match doc.get("log") {
+            None => Some(LogConfig::default()),
+            Some(v) => self.r.table(v, "log").and_then(|t| self.log(t)),
+        };
+        let routes = self.routes(doc, span);
+        Some(Config {
+            file: PathBuf::new(),
+            listen: listen?,
+            tls: tls?,
+            routes: routes?,
+            log: log?,
+        })
+    }
+
+    fn section<'t, 'i>(
+        &mut self,
+        doc: &'t DeTable<'i>,
+        at: Range<usize>,
+        name: &str,
+    ) -> Option<(&'t DeTable<'i>, Range<usize>)> {
+        let v = self.r.required(
+            doc,
+            at,
+            "the configuration",
+            name,
+            &format!("a [{name}] table"),
+        )?;
+        self.r.table(v, name).map(|t| (t, v.span()))
+    }
+
+    fn listen(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<Listen> {
+        self.r.check_keys(t, "[listen]", LISTEN, LISTEN_NOT_YET);
+        let v = self.r.required(
+            t,
+            at,
+            "[listen]",
+            "addr",
+            "an address such as \"0.0.0.0:443\"",
+        )?;
+        let s = self
+            .r
+            .str(v, "addr", "an address such as \"0.0.0.0:443\"")?;
+        match s.parse::<SocketAddr>() {
+            Ok(addr) => Some(Listen { addr }),
+            Err(_) => {
+                self.r.error(
+                    v.span(),
+                    format!("`addr`: expected IP:PORT such as \"0.0.0.0:443\" or \"[::]:443\", found \"{s}\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, v: &Value<'_>, key: &str) -> Option<PathBuf> {
+        let s = self.r.str(v, key, "a file path")?;
+        if s.is_empty() {
+            self.r.error(v.span(), format!("`{key}` must not be empty"));
+            return None;
+        }
+        Some(self.base.join(s))
+    }
+
+    fn existing_file(&mut self, v: &Value<'_>, key: &str) -> Option<PathBuf> {
+        let p = self.path(v, key)?;
+        if !p.is_file() {
+            self.r
+                .error(v.span(), format!("`{key}`: no such file: {}", p.display()));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn tls(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<TlsFiles> {
+        self.r.check_keys(t, "[tls]", TLS, TLS_NOT_YET);
+        let cert_v = self.r.required(
+            t,
+            at.clone(),
+            "[tls]",
+            "cert",
+            "the server certificate (PEM)",
+        );
+        let key_v = self
+            .r
+            .required(t, at, "[tls]", "key", "the server private key (PEM)");
+        let cert = cert_v.and_then(|v| self.existing_file(v, "cert"));
+        let key = key_v.and_then(|v| self.existing_file(v, "key"));
+        let (cert, key) = (cert?, key?);
+        let (Some(cert_v), Some(key_v)) = (cert_v, key_v) else {
+            return None;
+        };
+        match tls::load_chain(&cert) {
+            Err(e) => self.r.error(cert_v.span(), format!("`cert`: {e}")),
+            Ok(_) => {
+                if let Err(e) = tls::load_key(&key) {
+                    self.r.error(key_v.span(), format!("`key`: {e}"));
+                } else if let Err(e) = tls::server_config(&cert, &key) {
+                    self.r.error(key_v.span(), format!("`cert`/`key`: {e}"));
+                }
+            }
+        }
+        Some(TlsFiles { cert, key })
+    }
+
+    fn log(&mut self, t: &DeTable<'_>) -> Option<LogConfig> {
+        self.r.check_keys(t, "[log]", LOG, &[]);
+        let mut log = LogConfig::default();
+        if let Some(v) = t.get("level") {
+            let s = self
+                .r
+                .str(v, "level", "one of trace, debug, info, warn, error")?;
+            if !LEVELS.contains(&s) {
+                self.r.error(
+                    v.span(),
+                    dermgate_policy::text::unknown(&format!("log level \"{s}\""), s, LEVELS),
+                );
+                return None;
+            }
+            log.level = s.to_string();
+        }
+        if let Some(v) = t.get("format") {
+            match self.r.str(v, "format", "\"json\" or \"text\"")? {
+                "json" => log.format = LogFormat::Json,
+                "text" => log.format = LogFormat::Text,
+                s => {
+                    self.r.error(
+                        v.span(),
+                        dermgate_policy::text::unknown(
+                            &format!("log format \"{s}\""),
+                            s,
+                            &["json", "text"],
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(log)
+    }
+
+    fn routes(&mut self, doc: &DeTable<'_>, at: Range<usize>) -> Option<Vec<RouteConfig>> {
+        let v = self.r.required(
+            doc,
+            at,
+            "the configuration",
+            "route",
+            "at least one [[route]] table",
+        )?;
+        let tables = self.r.table_array(v, "route");
+        if tables.is_empty() {
+            self.r.error(v.span(), "at least one [[route]] is needed");
+            return None;
+        }
+        let mut out: Vec<RouteConfig> = Vec::new();
+        let mut ok = true;
+        for (span, t) in tables {
+            match self.route(t, span.clone()) {
+                Some(r) => {
+                    if let Some(prev) = out.iter().find(|p| p.name == r.name) {
+                        self.r.error(
+                            t.get("name").map_or(span.clone(), |v| v.span()),
+                            format!(
+                                "route name `{}` is used twice; names must be unique",
+                                prev.name
+                            ),
+                        );
+                        ok = false;
+                    } else if let Some(prev) =
+                        out.iter().find(|p| p.host == r.host && p.path == r.path)
+                    {
+                        self.r.error(
+                            t.get("path").or(t.get("host")).map_or(span, |v| v.span()),
+                            format!(
+                                "route `{}` has the same host and path as route `{}`",
+                                r.name, prev.name
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        out.push(r);
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn route(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<RouteConfig> {
+        self.r.check_keys(t, "[[route]]", ROUTE, ROUTE_NOT_YET);
+        let name = self
+            .r
+            .required(
+                t,
+                at.clone(),
+                "[[route]]",
+                "name",
+                "a route name such as \"ehr\"",
+            )
+            .and_then(|v| {
+                let s = self.r.str(v, "name", "a route name")?;
+                if s.is_empty()
+                    || !s.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    })
+                {
+                    self.r.error(
+                        v.span(),
+                        format!(
+                            "route name \"{s}\": expected lowercase letters, digits, '-' or '_'"
+                        ),
+                    );
+                    return None;
+                }
+                Some(s.to_string())
+            });
+        let host = self
+            .r
+            .required(t, at.clone(), "[[route]]", "host", "a host name such as \"ehr.example.com\"")
+            .and_then(|v| {
+                let s = self.r.str(v, "host", "a host name")?;
+                match canonical::canonical_host(s) {
+                    Some(h) if !s.contains(':') || s.starts_with('[') => Some(h.into_owned()),
+                    _ => {
+                        self.r.error(
+                            v.span(),
+                            format!("`host`: expected a host name without scheme, port or path, found \"{s}\""),
+                        );
+                        None
+                    }
+                }
+            });
+        let path = match t.get("path") {
+            None => Some("/".to_string()),
+            Some(v) => self.r.str(v, "path", "a path prefix such as \"/\"").and_then(|s| {
+                match canonical::canonical_path(s) {
+                    Ok(c) if c.decoded == s || format!("{}/", c.decoded) == s => {
+                        let p = c.decoded.trim_end_matches('/');
+                        Some(if p.is_empty() { "/".into() } else { p.to_string() })
+                    }
+                    _ => {
+                        self.r.error(
+                            v.span(),
+                            format!("`path`: expected a canonical path prefix starting with '/' (no '..', '//', '%', query), found \"{s}\""),
+                        );
+                        None
+                    }
+                }
+            }),
+        };
+        let allow_plaintext = match t.get("allow_plaintext") {
+            Some(v) => self.r.bool(v, "allow_plaintext").unwrap_or(false),
+            None => false,
+        };
+        let public = match t.get("public") {
+            Some(v) => self.r.bool(v, "public").unwrap_or(false),
+            None => false,
+        };
+        let upstream_ca = t.get("upstream_ca").and_then(|v| {
+            let p = self.existing_file(v, "upstream_ca")?;
+            if let Err(e) = tls::load_roots(&p) {
+                self.r.error(v.span(), format!("`upstream_ca`: {e}"));
+                return None;
+            }
+            Some(p)
+        });
+        let upstreams = self
+            .r
+            .required(
+                t,
+                at.clone(),
+                "[[route]]",
+                "upstreams",
+                "a list of URLs such as [\"https://10.0.0.5:8443\"]",
+            )
+            .and_then(|v| {
+                self.upstreams(
+                    v,
+                    allow_plaintext,
+                    upstream_ca.is_some() || t.contains_key("upstream_ca"),
+                    at.clone(),
+                )
+            });
+        let timeouts = match t.get("timeouts") {
+            None => Some(Timeouts::default()),
+            Some(v) => self.r.table(v, "timeouts").map(|tt| {
+                self.r.check_keys(tt, "route `timeouts`", TIMEOUTS, &[]);
+                let mut to = Timeouts::default();
+                for (key, slot) in [
+                    ("connect", &mut to.connect),
+                    ("header", &mut to.header),
+                    ("idle", &mut to.idle),
+                ] {
+                    if let Some(d) = tt.get(key).and_then(|v| self.r.duration(v, key)) {
+                        *slot = d;
+                    }
+                }
+                to
+            }),
+        };
+        Some(RouteConfig {
+            name: name?,
+            host: host?,
+            path: path?,
+            upstreams: upstreams?,
+            upstream_ca,
+            allow_plaintext,
+            public,
+            timeouts: timeouts?,
+        })
+    }
+
+    fn upstreams(
+        &mut self,
+        v: &Value<'_>,
+        allow_plaintext: bool,
+        has_ca: bool,
+        route_at: Range<usize>,
+    ) -> Option<Vec<Upstream>> {
+        let items = self
+            .r
+            .str_array(v, "upstreams", "URLs such as \"https://10.0.0.5:8443\"")?;
+        if items.is_empty() {
+            self.r
+                .error(v.span(), "`upstreams` must list at least one URL");
+            return None;
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut need_ca = false;
+        for item in items {
+            let s = *item.get_ref();
+            let parsed = s.parse::<Uri>().ok().filter(|u| {
+                u.authority()
+                    .is_some_and(|a| a.port_u16().is_some() || !a.as_str().ends_with(':'))
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+                    && !u.authority().is_some_and(|a| a.as_str().contains('@'))
+            });
+            let Some(uri) = parsed else {
+                self.r.error(
+                    item.span(),
+                    format!("upstream \"{s}\": expected scheme://host:port with no path, e.g. \"https://10.0.0.5:8443\""),
+                );
+                continue;
+            };
+            match uri.scheme_str() {
+                Some("https") => {
+                    need_ca = true;
+                    out.push(Upstream { uri, tls: true });
+                }
+                Some("http") if allow_plaintext => out.push(Upstream { uri, tls: false }),
+                Some("http") => self.r.error(
+                    item.span(),
+                    format!("upstream \"{s}\" is plaintext: use https, or set `allow_plaintext = true` on this route to accept the risk"),
+                ),
+                _ => self.r.error(
+                    item.span(),
+                    format!("upstream \"{s}\": expected an https:// (or, with allow_plaintext, http://) URL"),
+                ),
+            }
+        }
+        if need_ca && !has_ca {
+            self.r.error(
+                route_at,
+                "route has https upstreams but no `upstream_ca` (expected the CA file that signs the upstreams' certificates)",
+            );
+        }
+        Some(out)
+    }
+}

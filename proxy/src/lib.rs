@@ -1,0 +1,25 @@
+//! dermgate's data plane: listeners, TLS, canonical routing and forwarding.
+//!
+//! A request travels the named stages of [`pipeline`]: canonical form and
+//! route ([`canonical`], [`route`]) → identify → decide → audit → forward
+//! ([`forward`]). Configuration is read and validated once ([`config`]),
+//! compiled into an immutable [`pipeline::Snapshot`] and swapped atomically.
+//! See `ARCHITECTURE.md` at the repository root for the whole picture.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = dermgate_proxy::config::Config::load("dermgate.toml".as_ref())?;
+//! let proxy = dermgate_proxy::server::Proxy::bind(&cfg).await?;
+//! proxy.run(std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+
+pub mod canonical;
+pub mod certs;
+pub mod config;
+pub mod forward;
+pub mod pages;
+pub mod pipeline;
+pub mod route;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,121 @@
+//! The one place that builds rustls configurations.
+//!
+//! Server side: TLS 1.3 only (TLS 1.2 and below fail the handshake), ALPN
+//! `h2` then `http/1.1`. Upstream side: TLS 1.3 only, verified against the
+//! route's `upstream_ca`. The crypto provider is aws-lc-rs, passed explicitly
+//! so that nothing depends on a process-wide default.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol ids the TCP listener offers, in preference order.
+pub const ALPN_TCP: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file holds no usable PEM object of the expected kind.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What was expected.
+        what: String,
+    },
+    /// rustls refused the material.
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider every config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Installs aws-lc-rs as the process default provider (for libraries that ask for it).
+pub fn install_default_provider() {
+    // Err means one was installed already, which is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Loads a PEM certificate chain (leaf first).
+pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.display().to_string(),
+            what: format!("invalid PEM certificate: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            what: "expected at least one PEM \"CERTIFICATE\" block".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Loads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
+        path: path.display().to_string(),
+        what: format!("expected a PEM private key: {e}"),
+    })
+}
+
+/// Loads CA certificates into a root store.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_chain(path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: path.display().to_string(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The TCP listener's config: TLS 1.3 only, ALPN h2 and http/1.1.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = load_chain(cert)?;
+    let key = load_key(key)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = ALPN_TCP.iter().map(|p| p.to_vec()).collect();
+    // 0-RTT stays off: replayable requests are never accepted early.
+    cfg.max_early_data_size = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// A client config for upstreams: TLS 1.3 only, verified against `roots`.
+pub fn upstream_client_config(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
+    // ALPN is left to the HTTP connector, which sets what it will speak.
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
