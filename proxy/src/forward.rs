@@ -25,9 +25,63 @@ use crate::tls::{self, TlsError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// The request body on its way upstream: the client's stream, passed through
+/// frame by frame, telling the forwarder when its last byte has gone out (the
+/// upstream's response-head timeout only starts then, so a slow 10 GiB upload
+/// is never cut off as a "timeout").
+pub struct RequestBody {
+    inner: Incoming,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`; `sent` fires when the body has been read to its end.
+    fn new(inner: Incoming) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut body = Self {
+            inner,
+            sent: Some(tx),
+        };
+        if http_body::Body::is_end_stream(&body.inner) {
+            body.finish();
+        }
+        (body, rx)
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = &polled {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The upstream endpoints of one route and their connection pool.
 pub struct UpstreamPool {
-    client: Client<Connector, Incoming>,
+    client: Client<Connector, RequestBody>,
     endpoints: Box<[(Scheme, Authority)]>,
     next: AtomicUsize,
     timeouts: Timeouts,
@@ -105,9 +159,12 @@ impl UpstreamPool {
     /// `path_and_query` is the canonical encoded path plus the raw query.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         path_and_query: PathAndQuery,
     ) -> Result<Response<Incoming>, ForwardError> {
+        let (parts, body) = req.into_parts();
+        let (body, body_sent) = RequestBody::new(body);
+        let mut req = Request::from_parts(parts, body);
         let (scheme, authority) = self
             .pick()
             .ok_or_else(|| ForwardError::Connect("no upstream endpoints".into()))?;
@@ -118,11 +175,23 @@ impl UpstreamPool {
             .build()
             .map_err(|e| ForwardError::Protocol(e.to_string()))?;
         *req.version_mut() = http::Version::HTTP_11;
-        match tokio::time::timeout(self.timeouts.header, self.client.request(req)).await {
-            Err(_) => Err(ForwardError::Timeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(ForwardError::Protocol(error_chain(&e))),
+        // The response head must arrive within `header` of the request's last byte.
+        let header_timeout = self.timeouts.header;
+        let deadline = async move {
+            // A dropped sender means the body was abandoned; the request errors out itself.
+            if body_sent.await.is_ok() {
+                tokio::time::sleep(header_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = deadline => Err(ForwardError::Timeout),
+            result = self.client.request(req) => match result {
+                Ok(resp) => Ok(resp),
+                Err(e) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
+                Err(e) => Err(ForwardError::Protocol(error_chain(&e))),
+            },
         }
     }
 }

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `dermgate` binary, real TLS clients (rustls,
+//! openssl), HTTP/1.1 and HTTP/2, a real TLS upstream. Run by the README's
+//! test command.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod canonical;
+mod check;
+mod common;
+mod forwarding;
+mod streaming;
+mod tls;
