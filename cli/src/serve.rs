@@ -61,9 +61,18 @@ pub async fn start(cfg: &Config) -> Result<Proxy, ExitCode> {
     }
     match Proxy::bind(cfg).await {
         Ok(p) => {
+            // Plain lines tests and scripts can rely on, whatever the log format.
             if let Some(addr) = p.local_addr() {
-                // A plain line tests and scripts can rely on, whatever the log format.
                 eprintln!("dermgate listening on https://{addr} (tcp)");
+            }
+            if let Some(addr) = p.quic_addr() {
+                eprintln!("dermgate listening on https://{addr} (udp, h3)");
+            }
+            if let Some(addr) = p.admin_addr() {
+                eprintln!("dermgate admin on http://{addr}");
+            }
+            if let Some(addr) = p.redirect_addr() {
+                eprintln!("dermgate redirecting http://{addr} to https");
             }
             Ok(p)
         }

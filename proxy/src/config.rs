@@ -32,22 +32,71 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[limits]`.
+    pub limits: Limits,
 }
 
 /// `[listen]`.
 #[derive(Debug, Clone)]
 pub struct Listen {
-    /// TCP (h1, h2) address.
+    /// TCP (h1, h2) and UDP (h3) address.
     pub addr: SocketAddr,
+    /// Admin listener: health, readiness, metrics, admin API. Plain HTTP: keep it on loopback.
+    pub admin: Option<SocketAddr>,
+    /// The admin API's bearer token (file contents, trimmed). Without it the API refuses everything.
+    pub admin_token_file: Option<PathBuf>,
+    /// Optional listener that answers 308 to https and proxies nothing.
+    pub redirect_http: Option<SocketAddr>,
+    /// Peers whose client-address claims (PROXY protocol, `X-Forwarded-For`) are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Trusted peers send a PROXY protocol v2 header first.
+    pub proxy_protocol: bool,
 }
 
-/// `[tls]`: the server certificate chain and key (PEM).
+/// `[tls]`: the server certificate chain and key (PEM), and per-host certificates.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// Certificate chain, leaf first.
     pub cert: PathBuf,
     /// Private key.
     pub key: PathBuf,
+    /// `[[tls.sni]]`: other certificates for some hosts.
+    pub sni: Vec<SniCert>,
+}
+
+/// One `[[tls.sni]]` entry.
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    /// Canonical host names this certificate serves.
+    pub hosts: Vec<String>,
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (431 above it).
+    pub header_bytes: u64,
+    /// Requests per minute per source address (per user once identity lands); 429 above it.
+    pub requests_per_minute_per_user: u32,
+    /// Concurrent connections per source address; more are closed at once.
+    pub connections_per_source: u32,
+    /// Time allowed for the TLS handshake and the request head (slowloris).
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_bytes: 64 * 1024,
+            requests_per_minute_per_user: 6000,
+            connections_per_source: 256,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// One `[[route]]`.
@@ -69,6 +118,12 @@ pub struct RouteConfig {
     pub public: bool,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
+    /// Largest request body (413 above it); `None` = no limit.
+    pub max_body: Option<u64>,
+    /// Active health-check path.
+    pub health: Option<String>,
+    /// WebSocket upgrades are allowed (h1 Upgrade, h2 extended CONNECT).
+    pub websocket: bool,
 }
 
 /// One upstream endpoint.
@@ -145,20 +200,27 @@ pub enum ConfigError {
 }
 
 // The document's sections: (section, keys built now, keys of DESIGN.md not built yet).
-const TOP: &[&str] = &["listen", "tls", "route", "log"];
+const TOP: &[&str] = &["listen", "tls", "route", "log", "limits"];
 const TOP_NOT_YET: &[&str] = &[
-    "oidc", "session", "keys", "store", "policy", "audit", "limits", "alerts",
+    "oidc", "session", "keys", "store", "policy", "audit", "alerts",
 ];
-const LISTEN: &[&str] = &["addr"];
-const LISTEN_NOT_YET: &[&str] = &[
+const LISTEN: &[&str] = &[
+    "addr",
     "admin",
     "admin_token_file",
     "redirect_http",
     "trusted_proxies",
     "proxy_protocol",
 ];
-const TLS: &[&str] = &["cert", "key"];
-const TLS_NOT_YET: &[&str] = &["device_ca", "device_crl", "sni"];
+const TLS: &[&str] = &["cert", "key", "sni"];
+const TLS_NOT_YET: &[&str] = &["device_ca", "device_crl"];
+const SNI: &[&str] = &["hosts", "cert", "key"];
+const LIMITS: &[&str] = &[
+    "header_bytes",
+    "requests_per_minute_per_user",
+    "connections_per_source",
+    "header_timeout",
+];
 const ROUTE: &[&str] = &[
     "name",
     "host",
@@ -168,15 +230,11 @@ const ROUTE: &[&str] = &[
     "allow_plaintext",
     "public",
     "timeouts",
-];
-const ROUTE_NOT_YET: &[&str] = &[
     "health",
     "max_body",
-    "integrity",
     "websocket",
-    "idle",
-    "absolute",
 ];
+const ROUTE_NOT_YET: &[&str] = &["integrity", "idle", "absolute"];
 const TIMEOUTS: &[&str] = &["connect", "header", "idle"];
 const LOG: &[&str] = &["level", "format"];
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
@@ -200,15 +258,6 @@ const NOT_YET_SECTIONS: &[(&str, &[&str])] = &[
     ("store", &["kind", "path", "url"]),
     ("policy", &["file", "tests", "break_glass_for"]),
     ("audit", &["file", "sync", "retain", "syslog"]),
-    (
-        "limits",
-        &[
-            "header_bytes",
-            "requests_per_minute_per_user",
-            "connections_per_source",
-            "header_timeout",
-        ],
-    ),
     ("alerts", &["export_bytes", "export_window", "webhook"]),
 ];
 
@@ -230,8 +279,21 @@ impl Config {
         let Some(doc) = r.parse() else {
             return Err(r.finish());
         };
-        let mut v = Validator { r, base };
+        let mut v = Validator {
+            r,
+            base,
+            sni_errors: Vec::new(),
+        };
         let cfg = v.document(doc.get_ref(), doc.span());
+        if !v.sni_errors.is_empty() {
+            // Point at the [tls] table: the hosts named there serve no route.
+            let at = doc.get_ref().get("tls").map_or(0..0, |t| t.span());
+            let hosts = std::mem::take(&mut v.sni_errors).join(", ");
+            v.r.error(
+                at,
+                format!("[[tls.sni]] names hosts that no [[route]] serves: {hosts}"),
+            );
+        }
         let diags = v.r.finish();
         match cfg {
             Some(mut cfg) if diags.is_empty() => {
@@ -300,6 +362,7 @@ impl Config {
 struct Validator<'s> {
     r: Reader<'s>,
     base: &'s Path,
+    sni_errors: Vec<String>,
 }
 
 impl Validator<'_> {
@@ -323,14 +386,74 @@ impl Validator<'_> {
             None => Some(LogConfig::default()),
             Some(v) => self.r.table(v, "log").and_then(|t| self.log(t)),
         };
+        let limits = match doc.get("limits") {
+            None => Some(Limits::default()),
+            Some(v) => self.r.table(v, "limits").map(|t| self.limits(t)),
+        };
         let routes = self.routes(doc, span);
+        let tls = tls?;
+        let routes = routes?;
+        // Every SNI host must be a route host, or the certificate is dead weight (or a typo).
+        for s in &tls.sni {
+            for h in &s.hosts {
+                if !routes.iter().any(|r| &r.host == h) {
+                    self.sni_errors.push(h.clone());
+                }
+            }
+        }
         Some(Config {
             file: PathBuf::new(),
             listen: listen?,
-            tls: tls?,
-            routes: routes?,
+            tls,
+            routes,
             log: log?,
+            limits: limits?,
         })
+    }
+
+    fn limits(&mut self, t: &DeTable<'_>) -> Limits {
+        self.r.check_keys(t, "[limits]", LIMITS, &[]);
+        let mut l = Limits::default();
+        if let Some(v) = t.get("header_bytes")
+            && let Some(n) = self.r.size(v, "header_bytes")
+        {
+            if (1024..=1024 * 1024).contains(&n) {
+                l.header_bytes = n;
+            } else {
+                self.r
+                    .error(v.span(), "`header_bytes` must be between 1KiB and 1MiB");
+            }
+        }
+        for (key, slot) in [
+            (
+                "requests_per_minute_per_user",
+                &mut l.requests_per_minute_per_user,
+            ),
+            ("connections_per_source", &mut l.connections_per_source),
+        ] {
+            if let Some(v) = t.get(key)
+                && let Some(n) = self.r.uint(v, key)
+            {
+                match u32::try_from(n) {
+                    Ok(n) if n > 0 => *slot = n,
+                    _ => self.r.error(
+                        v.span(),
+                        format!("`{key}` must be between 1 and {}", u32::MAX),
+                    ),
+                }
+            }
+        }
+        if let Some(v) = t.get("header_timeout")
+            && let Some(d) = self.r.duration(v, "header_timeout")
+        {
+            if d.is_zero() {
+                self.r
+                    .error(v.span(), "`header_timeout` must be more than 0s");
+            } else {
+                l.header_timeout = d;
+            }
+        }
+        l
     }
 
     fn section<'t, 'i>(
@@ -349,28 +472,85 @@ impl Validator<'_> {
         self.r.table(v, name).map(|t| (t, v.span()))
     }
 
-    fn listen(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<Listen> {
-        self.r.check_keys(t, "[listen]", LISTEN, LISTEN_NOT_YET);
-        let v = self.r.required(
-            t,
-            at,
-            "[listen]",
-            "addr",
-            "an address such as \"0.0.0.0:443\"",
-        )?;
-        let s = self
-            .r
-            .str(v, "addr", "an address such as \"0.0.0.0:443\"")?;
+    fn socket_addr(&mut self, v: &Value<'_>, key: &str) -> Option<SocketAddr> {
+        let s = self.r.str(v, key, "an address such as \"0.0.0.0:443\"")?;
         match s.parse::<SocketAddr>() {
-            Ok(addr) => Some(Listen { addr }),
+            Ok(addr) => Some(addr),
             Err(_) => {
                 self.r.error(
                     v.span(),
-                    format!("`addr`: expected IP:PORT such as \"0.0.0.0:443\" or \"[::]:443\", found \"{s}\""),
+                    format!("`{key}`: expected IP:PORT such as \"0.0.0.0:443\" or \"[::]:443\", found \"{s}\""),
                 );
                 None
             }
         }
+    }
+
+    fn listen(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<Listen> {
+        self.r.check_keys(t, "[listen]", LISTEN, &[]);
+        let addr = self
+            .r
+            .required(
+                t,
+                at,
+                "[listen]",
+                "addr",
+                "an address such as \"0.0.0.0:443\"",
+            )
+            .and_then(|v| self.socket_addr(v, "addr"));
+        let admin = t.get("admin").and_then(|v| self.socket_addr(v, "admin"));
+        let redirect_http = t
+            .get("redirect_http")
+            .and_then(|v| self.socket_addr(v, "redirect_http"));
+        let admin_token_file = t
+            .get("admin_token_file")
+            .and_then(|v| self.existing_file(v, "admin_token_file"));
+        let mut trusted_proxies = Vec::new();
+        if let Some(v) = t.get("trusted_proxies")
+            && let Some(items) =
+                self.r
+                    .str_array(v, "trusted_proxies", "CIDRs such as \"10.0.0.0/8\"")
+        {
+            for item in items {
+                let s = *item.get_ref();
+                match s
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                {
+                    Ok(n) => trusted_proxies.push(n.trunc()),
+                    Err(_) => self.r.error(
+                        item.span(),
+                        format!("`trusted_proxies`: expected a CIDR such as \"10.0.0.0/8\" or an address, found \"{s}\""),
+                    ),
+                }
+            }
+        }
+        let proxy_protocol = match t.get("proxy_protocol") {
+            Some(v) => {
+                let on = self.r.bool(v, "proxy_protocol").unwrap_or(false);
+                if on && t.get("trusted_proxies").is_none() {
+                    self.r.error(
+                        v.span(),
+                        "`proxy_protocol = true` needs `trusted_proxies`: the load balancers whose PROXY headers are believed",
+                    );
+                }
+                on
+            }
+            None => false,
+        };
+        if let (Some(a), Some(v)) = (admin, t.get("admin"))
+            && Some(a) == addr
+        {
+            self.r.error(v.span(), "`admin` must differ from `addr`");
+        }
+        Some(Listen {
+            addr: addr?,
+            admin,
+            admin_token_file,
+            redirect_http,
+            trusted_proxies,
+            proxy_protocol,
+        })
     }
 
     fn path(&mut self, v: &Value<'_>, key: &str) -> Option<PathBuf> {
@@ -392,18 +572,19 @@ impl Validator<'_> {
         Some(p)
     }
 
-    fn tls(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<TlsFiles> {
-        self.r.check_keys(t, "[tls]", TLS, TLS_NOT_YET);
-        let cert_v = self.r.required(
-            t,
-            at.clone(),
-            "[tls]",
-            "cert",
-            "the server certificate (PEM)",
-        );
+    /// A `cert` + `key` pair in `t`, loaded and checked to belong together.
+    fn cert_pair(
+        &mut self,
+        t: &DeTable<'_>,
+        at: Range<usize>,
+        what: &str,
+    ) -> Option<(PathBuf, PathBuf)> {
+        let cert_v = self
+            .r
+            .required(t, at.clone(), what, "cert", "the server certificate (PEM)");
         let key_v = self
             .r
-            .required(t, at, "[tls]", "key", "the server private key (PEM)");
+            .required(t, at, what, "key", "the server private key (PEM)");
         let cert = cert_v.and_then(|v| self.existing_file(v, "cert"));
         let key = key_v.and_then(|v| self.existing_file(v, "key"));
         let (cert, key) = (cert?, key?);
@@ -415,12 +596,62 @@ impl Validator<'_> {
             Ok(_) => {
                 if let Err(e) = tls::load_key(&key) {
                     self.r.error(key_v.span(), format!("`key`: {e}"));
-                } else if let Err(e) = tls::server_config(&cert, &key) {
+                } else if let Err(e) = tls::certified_key(&cert, &key) {
                     self.r.error(key_v.span(), format!("`cert`/`key`: {e}"));
                 }
             }
         }
-        Some(TlsFiles { cert, key })
+        Some((cert, key))
+    }
+
+    fn tls(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<TlsFiles> {
+        self.r.check_keys(t, "[tls]", TLS, TLS_NOT_YET);
+        let pair = self.cert_pair(t, at, "[tls]");
+        let mut sni = Vec::new();
+        if let Some(v) = t.get("sni") {
+            for (span, st) in self.r.table_array(v, "sni") {
+                self.r.check_keys(st, "[[tls.sni]]", SNI, &[]);
+                let hosts = self
+                    .r
+                    .required(
+                        st,
+                        span.clone(),
+                        "[[tls.sni]]",
+                        "hosts",
+                        "a list of host names",
+                    )
+                    .and_then(|hv| {
+                        let items = self.r.str_array(hv, "hosts", "host names")?;
+                        let mut hosts = Vec::new();
+                        for item in items {
+                            match canonical::canonical_host(item.get_ref()) {
+                                Some(h) if !item.get_ref().contains(':') => {
+                                    hosts.push(h.into_owned())
+                                }
+                                _ => self.r.error(
+                                    item.span(),
+                                    format!(
+                                        "`hosts`: expected a host name, found \"{}\"",
+                                        item.get_ref()
+                                    ),
+                                ),
+                            }
+                        }
+                        if hosts.is_empty() {
+                            self.r
+                                .error(hv.span(), "`hosts` must list at least one host");
+                        }
+                        Some(hosts)
+                    });
+                if let (Some(hosts), Some((cert, key))) =
+                    (hosts, self.cert_pair(st, span, "[[tls.sni]]"))
+                {
+                    sni.push(SniCert { hosts, cert, key });
+                }
+            }
+        }
+        let (cert, key) = pair?;
+        Some(TlsFiles { cert, key, sni })
     }
 
     fn log(&mut self, t: &DeTable<'_>) -> Option<LogConfig> {
@@ -619,6 +850,27 @@ impl Validator<'_> {
                 to
             }),
         };
+        let max_body = t.get("max_body").and_then(|v| self.r.size(v, "max_body"));
+        let websocket = match t.get("websocket") {
+            Some(v) => self.r.bool(v, "websocket").unwrap_or(false),
+            None => false,
+        };
+        let health = match t.get("health") {
+            None => None,
+            Some(v) => {
+                let s = self.r.str(v, "health", "a path such as \"/healthz\"")?;
+                match canonical::canonical_path(s) {
+                    Ok(c) if c.encoded == s => Some(s.to_string()),
+                    _ => {
+                        self.r.error(
+                            v.span(),
+                            format!("`health`: expected a canonical path such as \"/healthz\", found \"{s}\""),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
         Some(RouteConfig {
             name: name?,
             host: host?,
@@ -628,6 +880,9 @@ impl Validator<'_> {
             allow_plaintext,
             public,
             timeouts: timeouts?,
+            max_body,
+            health,
+            websocket,
         })
     }
 

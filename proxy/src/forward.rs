@@ -10,39 +10,114 @@
 //! case and with `_` for `-`) are dropped, then the proxy's own are added.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{RouteConfig, Timeouts};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::tls::{self, TlsError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// Errors of bodies in flight.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body as it arrives from any listener.
+pub enum Inbound {
+    /// HTTP/1.1 and HTTP/2 (hyper).
+    Hyper(Incoming),
+    /// HTTP/3: the receiving half of the request stream.
+    H3(h3::server::RequestStream<h3_quinn::RecvStream, Bytes>),
+    /// No body.
+    Empty,
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::H3(s) => match s.poll_recv_data(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Some(mut buf))) => {
+                    let n = buf.remaining();
+                    Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(n)))))
+                }
+                Poll::Ready(Ok(None)) => Poll::Ready(None),
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            },
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::H3(_) => false,
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::H3(_) => SizeHint::default(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// The request body passed a route's `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's max_body")]
+pub struct BodyTooLarge;
+
 /// The request body on its way upstream: the client's stream, passed through
-/// frame by frame, telling the forwarder when its last byte has gone out (the
-/// upstream's response-head timeout only starts then, so a slow 10 GiB upload
-/// is never cut off as a "timeout").
+/// frame by frame. It counts bytes, stops at `max_body` (so the upstream never
+/// receives an oversized body in full), and tells the forwarder when its last
+/// byte has gone out: the upstream's response-head timeout only starts then,
+/// so a slow 10 GiB upload is never cut off as a "timeout".
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Inbound,
     sent: Option<tokio::sync::oneshot::Sender<()>>,
+    bytes: u64,
+    max: u64,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl RequestBody {
-    /// Wraps `inner`; `sent` fires when the body has been read to its end.
-    fn new(inner: Incoming) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+    fn new(
+        inner: Inbound,
+        max: Option<u64>,
+        metrics: Arc<RouteMetrics>,
+    ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut body = Self {
             inner,
             sent: Some(tx),
+            bytes: 0,
+            max: max.unwrap_or(u64::MAX),
+            metrics,
         };
-        if http_body::Body::is_end_stream(&body.inner) {
+        if body.inner.is_end_stream() {
             body.finish();
         }
         (body, rx)
@@ -55,17 +130,32 @@ impl RequestBody {
     }
 }
 
-impl http_body::Body for RequestBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.metrics.bytes(self.bytes, 0);
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = &polled {
-            self.finish();
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                    if self.bytes > self.max {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -74,28 +164,94 @@ impl http_body::Body for RequestBody {
         self.inner.is_end_stream()
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
+    fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The upstream's response body on its way to the client, counted.
+pub struct ResponseBody {
+    inner: Incoming,
+    bytes: u64,
+    metrics: Arc<RouteMetrics>,
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.metrics.bytes(0, self.bytes);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled
+            && let Some(d) = f.data_ref()
+        {
+            self.bytes += d.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One upstream endpoint and what is known of its health.
+pub struct Endpoint {
+    scheme: Scheme,
+    authority: Authority,
+    healthy: AtomicBool,
+    /// Consecutive active-check failures.
+    fails: AtomicU32,
+    /// Passive health: not picked before this instant (ms since pool creation).
+    down_until_ms: AtomicU64,
+    gauge: Arc<AtomicI64>,
+}
+
+impl Endpoint {
+    fn usable(&self, now_ms: u64) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// `scheme://authority`, for logs and metrics labels.
+    pub fn label(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
     }
 }
 
 /// The upstream endpoints of one route and their connection pool.
 pub struct UpstreamPool {
     client: Client<Connector, RequestBody>,
-    endpoints: Box<[(Scheme, Authority)]>,
+    endpoints: Box<[Endpoint]>,
     next: AtomicUsize,
     timeouts: Timeouts,
+    max_body: Option<u64>,
+    health: Option<PathAndQuery>,
+    started: Instant,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamPool")
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &self.endpoints.len())
             .finish_non_exhaustive()
     }
 }
 
-/// Why forwarding failed. Each maps to a clean 502 or 504 page.
+/// Why forwarding failed. Each maps to a clean page.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     /// No connection could be made (refused, TLS verification failed, …).
@@ -107,12 +263,24 @@ pub enum ForwardError {
     /// The upstream sent something that is not HTTP, or closed early.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// Every endpoint is out of service.
+    #[error("no healthy upstream")]
+    NoHealthy,
+    /// The request body passed `max_body`.
+    #[error("request body too large")]
+    TooLarge,
 }
+
+/// Passive health: after a connect failure, an endpoint sits out this long
+/// (active checks, where configured, bring it back sooner).
+const PASSIVE_COOL_OFF: Duration = Duration::from_secs(10);
+/// Active check failures before an endpoint is taken out.
+const ACTIVE_FAILS_DOWN: u32 = 2;
 
 impl UpstreamPool {
     /// Builds the pool for a route: TLS 1.3 verified against `upstream_ca`,
     /// plaintext only where the route allows it.
-    pub fn new(route: &RouteConfig) -> Result<Self, TlsError> {
+    pub fn new(route: &RouteConfig, metrics: &Metrics) -> Result<Self, TlsError> {
         let roots = match &route.upstream_ca {
             Some(ca) => tls::load_roots(ca)?,
             None => rustls::RootCertStore::empty(),
@@ -136,45 +304,140 @@ impl UpstreamPool {
         let endpoints = route
             .upstreams
             .iter()
-            .filter_map(|u| Some((u.uri.scheme()?.clone(), u.uri.authority()?.clone())))
+            .filter_map(|u| {
+                let (scheme, authority) = (u.uri.scheme()?.clone(), u.uri.authority()?.clone());
+                let gauge = metrics.upstream_gauge(&route.name, &format!("{scheme}://{authority}"));
+                gauge.store(1, Ordering::Relaxed);
+                Some(Endpoint {
+                    scheme,
+                    authority,
+                    healthy: AtomicBool::new(true),
+                    fails: AtomicU32::new(0),
+                    down_until_ms: AtomicU64::new(0),
+                    gauge,
+                })
+            })
             .collect();
         Ok(Self {
             client,
             endpoints,
             next: AtomicUsize::new(0),
             timeouts: route.timeouts,
+            max_body: route.max_body,
+            health: route
+                .health
+                .as_deref()
+                .and_then(|h| PathAndQuery::try_from(h).ok()),
+            started: Instant::now(),
+            metrics: metrics.route(&route.name),
         })
     }
 
-    fn pick(&self) -> Option<&(Scheme, Authority)> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        self.endpoints.get(i)
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
-    /// Sends `req` (already carrying the proxy's headers) to the next endpoint.
-    /// `path_and_query` is the canonical encoded path plus the raw query.
+    /// The next usable endpoint after `skip` others, round robin.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let n = self.endpoints.len();
+        let now = self.now_ms();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|i| !tried.contains(i) && self.endpoints[*i].usable(now))
+    }
+
+    fn mark_failed(&self, i: usize) {
+        if let Some(e) = self.endpoints.get(i) {
+            let until = self.now_ms() + PASSIVE_COOL_OFF.as_millis() as u64;
+            e.down_until_ms.store(until, Ordering::Relaxed);
+            e.gauge.store(0, Ordering::Relaxed);
+            tracing::warn!(upstream = %e.label(), "upstream taken out after a failed connection");
+        }
+    }
+
+    /// Whether the route's requests can be refused early (body too large by its Content-Length).
+    pub fn refuses_length(&self, headers: &HeaderMap) -> bool {
+        let Some(max) = self.max_body else {
+            return false;
+        };
+        headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > max)
+    }
+
+    /// The route's metrics.
+    pub fn metrics(&self) -> &Arc<RouteMetrics> {
+        &self.metrics
+    }
+
+    /// Sends the request (already carrying the proxy's headers) to a healthy
+    /// endpoint. A request that is idempotent and has no body is retried on
+    /// another endpoint when the first could not be reached: no byte of it
+    /// was delivered, so nothing can happen twice.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         path_and_query: PathAndQuery,
+    ) -> Result<Response<ResponseBody>, ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        // Retrying needs the head again: keep a copy only when a retry is possible.
+        let retryable =
+            body.is_end_stream() && is_idempotent(&parts.method) && self.endpoints.len() > 1;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut body = Some(body);
+        loop {
+            let i = self.pick(&tried).ok_or(ForwardError::NoHealthy)?;
+            tried.push(i);
+            let ep = &self.endpoints[i];
+            let this_body = match body.take() {
+                Some(b) => b,
+                None => Inbound::Empty,
+            };
+            let (rb, body_sent) = RequestBody::new(this_body, self.max_body, self.metrics.clone());
+            let mut req = Request::new(rb);
+            *req.method_mut() = parts.method.clone();
+            *req.headers_mut() = if retryable {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            *req.version_mut() = http::Version::HTTP_11;
+            *req.uri_mut() = Uri::builder()
+                .scheme(ep.scheme.clone())
+                .authority(ep.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|e| ForwardError::Protocol(e.to_string()))?;
+            match self.request(req, body_sent).await {
+                Err(ForwardError::Connect(e)) => {
+                    self.mark_failed(i);
+                    if retryable && tried.len() < self.endpoints.len() {
+                        tracing::info!(error = %e, "retrying an idempotent request on another upstream");
+                        continue;
+                    }
+                    return Err(ForwardError::Connect(e));
+                }
+                other => {
+                    return other.map(|resp| {
+                        resp.map(|inner| ResponseBody {
+                            inner,
+                            bytes: 0,
+                            metrics: self.metrics.clone(),
+                        })
+                    });
+                }
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        req: Request<RequestBody>,
+        body_sent: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let (parts, body) = req.into_parts();
-        let (body, body_sent) = RequestBody::new(body);
-        let mut req = Request::from_parts(parts, body);
-        let (scheme, authority) = self
-            .pick()
-            .ok_or_else(|| ForwardError::Connect("no upstream endpoints".into()))?;
-        *req.uri_mut() = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ForwardError::Protocol(e.to_string()))?;
-        *req.version_mut() = http::Version::HTTP_11;
         // The response head must arrive within `header` of the request's last byte.
         let header_timeout = self.timeouts.header;
         let deadline = async move {
@@ -190,10 +453,78 @@ impl UpstreamPool {
             result = self.client.request(req) => match result {
                 Ok(resp) => Ok(resp),
                 Err(e) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
+                Err(e) if find_source::<BodyTooLarge>(&e) => Err(ForwardError::TooLarge),
                 Err(e) => Err(ForwardError::Protocol(error_chain(&e))),
             },
         }
     }
+
+    /// One round of active health checks (routes with `health`): GET the path
+    /// on every endpoint; 2xx/3xx is healthy.
+    pub async fn check_health(&self) {
+        let Some(path) = &self.health else {
+            return;
+        };
+        for ep in self.endpoints.iter() {
+            let Ok(uri) = Uri::builder()
+                .scheme(ep.scheme.clone())
+                .authority(ep.authority.clone())
+                .path_and_query(path.clone())
+                .build()
+            else {
+                continue;
+            };
+            let (body, _sent) = RequestBody::new(Inbound::Empty, None, self.metrics.clone());
+            let mut req = Request::new(body);
+            *req.uri_mut() = uri;
+            if let Ok(host) = HeaderValue::from_str(ep.authority.host()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            let ok = matches!(
+                tokio::time::timeout(self.timeouts.connect + self.timeouts.header, self.client.request(req)).await,
+                Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()
+            );
+            let was = ep.healthy.load(Ordering::Relaxed);
+            if ok {
+                ep.fails.store(0, Ordering::Relaxed);
+                ep.healthy.store(true, Ordering::Relaxed);
+                ep.down_until_ms.store(0, Ordering::Relaxed);
+                ep.gauge.store(1, Ordering::Relaxed);
+                if !was {
+                    tracing::info!(upstream = %ep.label(), "upstream back in service");
+                }
+            } else if ep.fails.fetch_add(1, Ordering::Relaxed) + 1 >= ACTIVE_FAILS_DOWN {
+                ep.healthy.store(false, Ordering::Relaxed);
+                ep.gauge.store(0, Ordering::Relaxed);
+                if was {
+                    tracing::warn!(upstream = %ep.label(), "upstream failed its health checks; taken out");
+                }
+            }
+        }
+    }
+
+    /// True when this route has active health checks.
+    pub fn has_health_check(&self) -> bool {
+        self.health.is_some()
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn find_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.is::<E>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -14,12 +14,19 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod canonical;
 pub mod certs;
 pub mod config;
 pub mod forward;
+pub mod h3;
+pub mod health;
+pub mod limits;
+pub mod metrics;
 pub mod pages;
 pub mod pipeline;
+pub mod proxy_protocol;
 pub mod route;
 pub mod server;
 pub mod tls;
+pub mod websocket;

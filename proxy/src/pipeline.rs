@@ -1,44 +1,49 @@
 //! The request path: route → identify → decide → audit → forward.
 //!
-//! Every protocol listener hands each request to [`handle`] with the
-//! connection's [`ConnInfo`]. One [`RequestCtx`] travels through the named
-//! stages; each stage either fills in its part of the context or ends the
-//! request with a refusal page. Stages that are still pass-throughs (identity
-//! and policy land in later work) already have their place, so later work
-//! plugs in without reshaping the path. The routing table and upstream pools
-//! come from a [`Snapshot`] loaded once per request from an `ArcSwap`: no
-//! lock is taken on the hot path, and a reload swaps the whole snapshot.
+//! Every protocol listener (h1, h2, h3) hands each request to [`handle`] with
+//! the connection's [`ConnInfo`]. One [`RequestCtx`] travels through the
+//! named stages; each stage either fills in its part of the context or ends
+//! the request with a refusal page. Stages that are still pass-throughs
+//! (identity and policy land in later work) already have their place, so
+//! later work plugs in without reshaping the path. The routing table and
+//! upstream pools come from a [`Snapshot`] loaded once per request from an
+//! `ArcSwap`: no lock is taken on the hot path, and a reload swaps the whole
+//! snapshot.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
+use http::header::{self, HeaderName, HeaderValue, STRICT_TRANSPORT_SECURITY};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::canonical::{self, CanonicalPath};
-use crate::config::{Config, RouteConfig};
-use crate::forward::{self, ForwardError, UpstreamPool};
+use crate::config::{Config, Limits, Listen, RouteConfig};
+use crate::forward::{self, ForwardError, Inbound, ResponseBody, UpstreamPool};
+use crate::limits::{ConnectionLimiter, RateLimiter};
+use crate::metrics::Metrics;
 use crate::pages;
 use crate::route::RouteTable;
 use crate::tls::TlsError;
 
 /// Response body: the upstream's stream, or a page the proxy made.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
-/// Which HTTP version the client spoke.
+/// Which protocol the client spoke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
     /// HTTP/1.1
     H1,
     /// HTTP/2
     H2,
+    /// HTTP/3
+    H3,
 }
 
 impl Proto {
@@ -47,6 +52,16 @@ impl Proto {
         match self {
             Self::H1 => "h1",
             Self::H2 => "h2",
+            Self::H3 => "h3",
+        }
+    }
+
+    /// Index into [`crate::metrics::PROTOS`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::H1 => 0,
+            Self::H2 => 1,
+            Self::H3 => 2,
         }
     }
 }
@@ -54,8 +69,10 @@ impl Proto {
 /// Facts about the client connection, fixed for its lifetime.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    /// The TCP peer.
+    /// The transport peer (a load balancer, when there is one).
     pub peer: SocketAddr,
+    /// The client's address: the peer, or what a trusted PROXY header said.
+    pub client: IpAddr,
     /// Negotiated protocol.
     pub proto: Proto,
     /// Negotiated TLS version label.
@@ -76,45 +93,84 @@ pub struct Route {
 pub struct Snapshot {
     /// Host + path → route.
     pub routes: RouteTable<Route>,
+    /// The same routes, in file order (health checks, admin API).
+    pub list: Vec<Arc<Route>>,
 }
 
 impl Snapshot {
     /// Compiles a validated configuration.
-    pub fn compile(cfg: &Config) -> Result<Self, TlsError> {
-        let mut entries = Vec::with_capacity(cfg.routes.len());
+    pub fn compile(cfg: &Config, metrics: &Metrics) -> Result<Self, TlsError> {
+        let mut list = Vec::with_capacity(cfg.routes.len());
         for r in &cfg.routes {
-            let route = Route {
-                upstream: UpstreamPool::new(r)?,
+            list.push(Arc::new(Route {
+                upstream: UpstreamPool::new(r, metrics)?,
                 cfg: r.clone(),
-            };
-            entries.push((r.host.clone(), r.path.clone(), Arc::new(route)));
+            }));
         }
-        Ok(Self {
-            routes: RouteTable::new(entries),
-        })
+        let routes = RouteTable::new(
+            list.iter()
+                .map(|r| (r.cfg.host.clone(), r.cfg.path.clone(), r.clone())),
+        );
+        Ok(Self { routes, list })
     }
 }
 
-/// State shared by all connections.
+/// State shared by all connections and listeners.
 pub struct Shared {
     /// The current snapshot.
     pub snapshot: ArcSwap<Snapshot>,
+    /// Listener settings (trusted proxies, PROXY protocol, admin token).
+    pub listen: Listen,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Requests per minute per source.
+    pub rate: RateLimiter,
+    /// Open connections per source (TCP and QUIC together).
+    pub conn_limiter: Arc<ConnectionLimiter>,
+    /// `Alt-Svc` for TCP responses, when HTTP/3 is on.
+    pub alt_svc: Option<HeaderValue>,
+    /// Config, certificates and first upstream health round are loaded.
+    pub ready: AtomicBool,
+    /// The admin API token, if configured.
+    pub admin_token: Option<String>,
+    started: Instant,
     next_id: AtomicU64,
     id_salt: u64,
 }
 
 impl Shared {
-    /// Starts with `snapshot`.
-    pub fn new(snapshot: Snapshot) -> Self {
+    /// Compiles `cfg` into the first snapshot.
+    pub fn new(cfg: &Config, alt_svc_port: Option<u16>) -> Result<Self, TlsError> {
+        let metrics = Arc::new(Metrics::default());
+        let snapshot = Snapshot::compile(cfg, &metrics)?;
         let id_salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             .rotate_left(17);
-        Self {
+        let admin_token = match &cfg.listen.admin_token_file {
+            Some(p) => std::fs::read_to_string(p)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+            None => None,
+        };
+        Ok(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            listen: cfg.listen.clone(),
+            limits: cfg.limits,
+            rate: RateLimiter::new(cfg.limits.requests_per_minute_per_user),
+            conn_limiter: Arc::new(ConnectionLimiter::new(cfg.limits.connections_per_source)),
+            metrics,
+            alt_svc: alt_svc_port
+                .and_then(|p| HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok()),
+            ready: AtomicBool::new(false),
+            admin_token,
+            started: Instant::now(),
             next_id: AtomicU64::new(1),
             id_salt,
-        }
+        })
     }
 }
 
@@ -125,12 +181,23 @@ pub enum Identity {
     Anonymous,
 }
 
+/// A WebSocket handshake, by protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebSocket {
+    /// HTTP/1.1 `Upgrade: websocket`.
+    Upgrade,
+    /// HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441).
+    ExtendedConnect,
+}
+
 /// The per-request context that travels through the stages.
 pub struct RequestCtx<'c> {
     /// Request id (audit and logs link by it).
     pub id: u64,
     /// The client connection.
     pub conn: &'c ConnInfo,
+    /// The client address policy sees.
+    pub client: IpAddr,
     /// When the request head was received.
     pub start: Instant,
     /// Canonical host.
@@ -139,6 +206,8 @@ pub struct RequestCtx<'c> {
     pub path: CanonicalPath,
     /// Whether the client wants HTML pages (by `Accept`).
     pub html: bool,
+    /// A WebSocket handshake.
+    pub websocket: Option<WebSocket>,
     /// The route (stage 1).
     pub route: Option<Arc<Route>>,
     /// The identity (stage 2).
@@ -164,63 +233,179 @@ impl Refused {
     }
 }
 
+const RATE_LIMITED: Refused = Refused {
+    status: StatusCode::TOO_MANY_REQUESTS,
+    title: "Too many requests",
+    detail: "Too many requests came from your address in the last minute. Wait a minute and try again.",
+    reason: "rate_limited",
+};
+const HEADER_TOO_LARGE: Refused = Refused {
+    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    title: "Request headers too large",
+    detail: "The request's headers are larger than this gateway accepts. Clearing this site's cookies may help.",
+    reason: "header_too_large",
+};
+const BODY_TOO_LARGE: Refused = Refused {
+    status: StatusCode::PAYLOAD_TOO_LARGE,
+    title: "Upload too large",
+    detail: "The upload is larger than this site accepts.",
+    reason: "body_too_large",
+};
+const WEBSOCKET_NOT_ALLOWED: Refused = Refused {
+    status: StatusCode::FORBIDDEN,
+    title: "Not available here",
+    detail: "Live connections (WebSocket) are not permitted on this site.",
+    reason: "websocket_not_allowed",
+};
+
 /// Handles one request end to end. Never fails: every error becomes a page.
-pub async fn handle(
-    shared: &Shared,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
+pub async fn handle<B>(shared: &Shared, conn: &ConnInfo, req: Request<B>) -> Response<ProxyBody>
+where
+    B: Into<Inbound>,
+{
     let start = Instant::now();
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed) ^ shared.id_salt;
+    let req = req.map(Into::into);
     let html = pages::wants_html(req.headers());
     let snapshot = shared.snapshot.load();
-    let mut ctx = match route(&snapshot, conn, &req, id, start, html) {
-        Ok(ctx) => ctx,
+    let mut resp = match route(shared, &snapshot, conn, &req, start, html) {
+        Ok(ctx) => decide_and_forward(shared, ctx, req).await,
         Err(refused) => {
+            shared.metrics.refused(refused.reason);
+            shared.metrics.unrouted().request(
+                conn.proto.index(),
+                refused.status.as_u16(),
+                start.elapsed(),
+            );
             tracing::info!(
-                id = format_args!("{id:016x}"),
-                src = %conn.peer.ip(),
+                src = %conn.client,
                 proto = conn.proto.label(),
                 method = %req.method(),
                 status = refused.status.as_u16(),
                 reason = refused.reason,
                 "refused"
             );
-            return refused.page(html);
-        }
-    };
-    match identify(&mut ctx).and_then(|()| decide(&ctx)) {
-        Ok(()) => {
-            audit_decision(&ctx, req.method());
-            forward(&ctx, req).await
-        }
-        Err(refused) => {
-            audit_refusal(&ctx, req.method(), refused);
             refused.page(html)
         }
+    };
+    if conn.proto != Proto::H3
+        && let Some(alt) = &shared.alt_svc
+    {
+        resp.headers_mut().insert(header::ALT_SVC, alt.clone());
+    }
+    resp
+}
+
+async fn decide_and_forward(
+    shared: &Shared,
+    mut ctx: RequestCtx<'_>,
+    req: Request<Inbound>,
+) -> Response<ProxyBody> {
+    let method = req.method().clone();
+    let outcome = identify(&mut ctx).and_then(|()| decide(&ctx));
+    let resp = match outcome {
+        Ok(()) => {
+            audit_decision(&ctx, &method);
+            forward(shared, &ctx, req).await
+        }
+        Err(refused) => {
+            shared.metrics.refused(refused.reason);
+            audit_refusal(&ctx, &method, refused);
+            refused.page(ctx.html)
+        }
+    };
+    if let Some(r) = &ctx.route {
+        let proto = if ctx.websocket.is_some() {
+            3
+        } else {
+            ctx.conn.proto.index()
+        };
+        r.upstream
+            .metrics()
+            .request(proto, resp.status().as_u16(), ctx.start.elapsed());
+    }
+    resp
+}
+
+/// The client address policy sees: the connection's, or — behind a trusted
+/// proxy that does not speak PROXY protocol — the last untrusted hop of
+/// `X-Forwarded-For`.
+fn client_address(shared: &Shared, conn: &ConnInfo, req: &Request<Inbound>) -> IpAddr {
+    if shared.listen.trusted_proxies.is_empty() || shared.listen.proxy_protocol {
+        return conn.client;
+    }
+    crate::proxy_protocol::client_from_xff(
+        &shared.listen.trusted_proxies,
+        conn.client,
+        req.headers()
+            .get_all(HeaderName::from_static("x-forwarded-for"))
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+fn websocket_kind(req: &Request<Inbound>, proto: Proto) -> Option<WebSocket> {
+    match proto {
+        Proto::H1 => {
+            let upgrade = req
+                .headers()
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            (upgrade && req.method() == Method::GET).then_some(WebSocket::Upgrade)
+        }
+        Proto::H2 => (req.method() == Method::CONNECT
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket")))
+        .then_some(WebSocket::ExtendedConnect),
+        Proto::H3 => None,
     }
 }
 
-/// Stage 1: canonical form, then the route. Ambiguous input → 400; no route → 404.
+/// Stage 1: limits, canonical form, then the route. Ambiguous input → 400;
+/// no route → 404.
 fn route<'c>(
+    shared: &Shared,
     snapshot: &Snapshot,
     conn: &'c ConnInfo,
-    req: &Request<Incoming>,
-    id: u64,
+    req: &Request<Inbound>,
     start: Instant,
     html: bool,
 ) -> Result<RequestCtx<'c>, Refused> {
-    let canon =
-        canonical::canonicalize(req.method(), req.uri(), req.headers()).map_err(|r| Refused {
-            status: if r == canonical::Refusal::MethodNotAllowed {
-                StatusCode::METHOD_NOT_ALLOWED
-            } else {
-                StatusCode::BAD_REQUEST
-            },
-            title: "Bad request",
-            detail: r.message(),
-            reason: r.label(),
-        })?;
+    let client = client_address(shared, conn, req);
+    let minute = shared.started.elapsed().as_secs() / 60;
+    if !shared.rate.allow(client, minute) {
+        return Err(RATE_LIMITED);
+    }
+    let head_bytes: u64 = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64)
+        .sum::<u64>()
+        + req
+            .uri()
+            .path_and_query()
+            .map_or(0, |p| p.as_str().len() as u64);
+    if head_bytes > shared.limits.header_bytes {
+        return Err(HEADER_TOO_LARGE);
+    }
+    let websocket = websocket_kind(req, conn.proto);
+    let method = if websocket == Some(WebSocket::ExtendedConnect) {
+        &Method::GET
+    } else {
+        req.method()
+    };
+    let canon = canonical::canonicalize(method, req.uri(), req.headers()).map_err(|r| Refused {
+        status: if r == canonical::Refusal::MethodNotAllowed {
+            StatusCode::METHOD_NOT_ALLOWED
+        } else {
+            StatusCode::BAD_REQUEST
+        },
+        title: "Bad request",
+        detail: r.message(),
+        reason: r.label(),
+    })?;
     let route = snapshot
         .routes
         .lookup(&canon.host, &canon.path.decoded)
@@ -231,13 +416,16 @@ fn route<'c>(
             detail: "This address is not served here. Check the link you followed.",
             reason: "no_route",
         })?;
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed) ^ shared.id_salt;
     Ok(RequestCtx {
         id,
         conn,
+        client,
         start,
         host: canon.host.into_owned(),
         path: canon.path,
         html,
+        websocket,
         route: Some(route),
         identity: Identity::Anonymous,
     })
@@ -261,26 +449,34 @@ fn identify(ctx: &mut RequestCtx<'_>) -> Result<(), Refused> {
 
 /// Stage 3: may this identity reach this route? Fail closed: only what is
 /// explicitly allowed passes. Public routes are allowed; identify() has
-/// already refused everything else.
+/// already refused everything else. WebSocket only where the route allows it.
 fn decide(ctx: &RequestCtx<'_>) -> Result<(), Refused> {
-    match (&ctx.identity, &ctx.route) {
-        (Identity::Anonymous, Some(r)) if r.cfg.public => Ok(()),
-        _ => Err(Refused {
-            status: StatusCode::FORBIDDEN,
-            title: "Not permitted",
-            detail: "You are not permitted to reach this site.",
-            reason: "default_deny",
-        }),
+    let Some(r) = &ctx.route else {
+        return Err(DEFAULT_DENY);
+    };
+    if ctx.websocket.is_some() && !r.cfg.websocket {
+        return Err(WEBSOCKET_NOT_ALLOWED);
+    }
+    match ctx.identity {
+        Identity::Anonymous if r.cfg.public => Ok(()),
+        Identity::Anonymous => Err(DEFAULT_DENY),
     }
 }
 
+const DEFAULT_DENY: Refused = Refused {
+    status: StatusCode::FORBIDDEN,
+    title: "Not permitted",
+    detail: "You are not permitted to reach this site.",
+    reason: "default_deny",
+};
+
 /// Stage 4: the decision record (the tamper-evident audit trail replaces this
 /// log line). Never the query string, cookies, tokens or bodies.
-fn audit_decision(ctx: &RequestCtx<'_>, method: &http::Method) {
+fn audit_decision(ctx: &RequestCtx<'_>, method: &Method) {
     tracing::info!(
         id = format_args!("{:016x}", ctx.id),
-        src = %ctx.conn.peer.ip(),
-        proto = ctx.conn.proto.label(),
+        src = %ctx.client,
+        proto = if ctx.websocket.is_some() { "ws" } else { ctx.conn.proto.label() },
         tls = ctx.conn.tls,
         host = %ctx.host,
         route = ctx.route.as_ref().map_or("", |r| r.cfg.name.as_str()),
@@ -291,10 +487,10 @@ fn audit_decision(ctx: &RequestCtx<'_>, method: &http::Method) {
     );
 }
 
-fn audit_refusal(ctx: &RequestCtx<'_>, method: &http::Method, refused: Refused) {
+fn audit_refusal(ctx: &RequestCtx<'_>, method: &Method, refused: Refused) {
     tracing::info!(
         id = format_args!("{:016x}", ctx.id),
-        src = %ctx.conn.peer.ip(),
+        src = %ctx.client,
         proto = ctx.conn.proto.label(),
         host = %ctx.host,
         route = ctx.route.as_ref().map_or("", |r| r.cfg.name.as_str()),
@@ -308,10 +504,18 @@ fn audit_refusal(ctx: &RequestCtx<'_>, method: &http::Method, refused: Refused) 
 }
 
 /// Stage 5: forward and stream the response back.
-async fn forward(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    mut req: Request<Inbound>,
+) -> Response<ProxyBody> {
     let Some(route) = ctx.route.as_ref() else {
         return internal_error(ctx.html);
     };
+    if route.upstream.refuses_length(req.headers()) {
+        shared.metrics.refused(BODY_TOO_LARGE.reason);
+        return BODY_TOO_LARGE.page(ctx.html);
+    }
     let pq = match req.uri().query() {
         Some(q) => format!("{}?{}", ctx.path.encoded, q),
         None => ctx.path.encoded.clone(),
@@ -319,19 +523,35 @@ async fn forward(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Proxy
     let Ok(pq) = PathAndQuery::try_from(pq) else {
         return internal_error(ctx.html);
     };
+    let client_upgrade = ctx.websocket.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     parts.headers = forward::upstream_request_headers(
         std::mem::take(&mut parts.headers),
         &ctx.host,
-        ctx.conn.peer.ip(),
+        ctx.client,
     );
+    if let Some(kind) = ctx.websocket {
+        crate::websocket::upstream_handshake_headers(&mut parts, kind);
+    }
     let result = route
         .upstream
         .send(Request::from_parts(parts, body), pq)
         .await;
     let elapsed_ms = ctx.start.elapsed().as_millis();
     match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            if let (Some(kind), Some(client_upgrade)) = (ctx.websocket, client_upgrade) {
+                return crate::websocket::splice(kind, client_upgrade, &mut resp, ctx.html)
+                    .unwrap_or_else(|| {
+                        Refused {
+                            status: StatusCode::BAD_GATEWAY,
+                            title: "The live connection could not be opened",
+                            detail: "The site behind this gateway refused the live connection. Try again in a moment.",
+                            reason: "upstream_unavailable",
+                        }
+                        .page(ctx.html)
+                    });
+            }
             let (mut parts, body) = resp.into_parts();
             forward::clean_response_headers(&mut parts.headers);
             if !parts.headers.contains_key(STRICT_TRANSPORT_SECURITY) {
@@ -355,11 +575,18 @@ async fn forward(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Proxy
                 "upstream failed"
             );
             let refused = match e {
+                ForwardError::TooLarge => BODY_TOO_LARGE,
                 ForwardError::Timeout => Refused {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     title: "The service took too long to answer",
                     detail: "The site behind this gateway did not answer in time. Try again in a moment.",
                     reason: "upstream_timeout",
+                },
+                ForwardError::NoHealthy => Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    title: "The service is unavailable",
+                    detail: "The site behind this gateway is out of service right now. Try again in a few minutes; if it persists, contact your administrator.",
+                    reason: "no_healthy_upstream",
                 },
                 ForwardError::Connect(_) | ForwardError::Protocol(_) => Refused {
                     status: StatusCode::BAD_GATEWAY,
@@ -368,6 +595,7 @@ async fn forward(ctx: &RequestCtx<'_>, req: Request<Incoming>) -> Response<Proxy
                     reason: "upstream_unavailable",
                 },
             };
+            shared.metrics.refused(refused.reason);
             refused.page(ctx.html)
         }
     }
@@ -383,12 +611,8 @@ fn internal_error(html: bool) -> Response<ProxyBody> {
     .page(html)
 }
 
-/// Adds HSTS to a response the proxy made outside the pipeline.
-pub fn with_hsts<B>(mut resp: Response<B>) -> Response<B> {
-    resp.headers_mut()
-        .entry(STRICT_TRANSPORT_SECURITY)
-        .or_insert(HeaderValue::from_static(
-            "max-age=31536000; includeSubDomains",
-        ));
-    resp
+impl From<Incoming> for Inbound {
+    fn from(b: Incoming) -> Self {
+        Self::Hyper(b)
+    }
 }

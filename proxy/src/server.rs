@@ -1,30 +1,37 @@
-//! The TCP listener: TLS 1.3 handshake, then HTTP/2 or HTTP/1.1 by ALPN,
-//! each request handed to [`crate::pipeline::handle`].
+//! The listeners: TCP (TLS 1.3, then HTTP/2 or HTTP/1.1 by ALPN), the admin
+//! listener, the optional port-80 redirector, and certificate reloads.
 //!
-//! The listener only adapts protocols: it owns no request logic. Slow or
-//! stuck clients are bounded by a handshake timeout and hyper's header-read
-//! timeout; header size is bounded by the read buffer.
+//! Listeners only adapt protocols: each request goes to
+//! [`crate::pipeline::handle`]. Before TLS, a connection is checked against
+//! the per-source connection limit and, for trusted load balancers, its
+//! PROXY v2 header is read; slow or stuck clients are bounded by the header
+//! timeout (handshake and request head alike).
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::pipeline::{self, ConnInfo, Proto, Shared, Snapshot};
-use crate::tls::{self, TlsError};
+use crate::limits::ConnectionLimiter;
+use crate::pipeline::{self, ConnInfo, Proto, Shared};
+use crate::proxy_protocol;
+use crate::tls::{self, CertResolver, CertStore, TlsError};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 const H2_MAX_STREAMS: u32 = 128;
+/// HTTP/2 streams a client may reset before the server accepted them, before the
+/// connection is closed with GOAWAY (rapid reset, CVE-2023-44487).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server itself may reset for protocol errors before closing.
+const H2_MAX_LOCAL_RESETS: usize = 64;
+const CERT_POLL: Duration = Duration::from_secs(2);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +39,7 @@ pub enum ServeError {
     /// TLS material was refused.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
-    /// The listen address could not be bound.
+    /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
@@ -42,39 +49,98 @@ pub enum ServeError {
     },
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
 /// A bound, not yet running proxy.
 pub struct Proxy {
+    cfg: Arc<Config>,
     listener: TcpListener,
+    admin: Option<TcpListener>,
+    redirect: Option<TcpListener>,
+    quic: Option<quinn::Endpoint>,
     acceptor: TlsAcceptor,
+    resolver: Arc<CertResolver>,
     shared: Arc<Shared>,
+    conn_limiter: Arc<ConnectionLimiter>,
 }
 
 impl Proxy {
-    /// Compiles `cfg` and binds its listener.
+    /// Compiles `cfg` and binds its listeners.
     pub async fn bind(cfg: &Config) -> Result<Self, ServeError> {
-        let server_cfg = tls::server_config(&cfg.tls.cert, &cfg.tls.key)?;
-        let snapshot = Snapshot::compile(cfg)?;
-        let listener =
-            TcpListener::bind(cfg.listen.addr)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: cfg.listen.addr,
-                    source,
-                })?;
+        let resolver = Arc::new(CertResolver::new(CertStore::load(&cfg.tls)?));
+        let server_cfg = tls::server_config_with(resolver.clone(), tls::ALPN_TCP)?;
+        let listener = bind(cfg.listen.addr).await?;
+        let local = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: cfg.listen.addr,
+            source,
+        })?;
+        let quic = crate::h3::endpoint(
+            resolver.clone(),
+            SocketAddr::new(local.ip(), local.port()),
+            &cfg.limits,
+        )?;
+        let alt_svc_port = quic.as_ref().map(|_| local.port());
+        let admin = match cfg.listen.admin {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let redirect = match cfg.listen.redirect_http {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(cfg, alt_svc_port)?);
         Ok(Self {
+            cfg: Arc::new(cfg.clone()),
             listener,
+            admin,
+            redirect,
+            quic,
             acceptor: TlsAcceptor::from(server_cfg),
-            shared: Arc::new(Shared::new(snapshot)),
+            resolver,
+            conn_limiter: Arc::new(ConnectionLimiter::new(cfg.limits.connections_per_source)),
+            shared,
         })
     }
 
-    /// The bound address (useful with port 0).
+    /// The bound TCP address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
     }
 
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound redirect address.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound QUIC (HTTP/3) address.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(l) = self.admin {
+            tasks.spawn(crate::admin::serve(l, self.shared.clone()));
+        }
+        if let Some(l) = self.redirect {
+            let port = self.listener.local_addr().map_or(443, |a| a.port());
+            tasks.spawn(crate::admin::serve_redirect(l, self.shared.clone(), port));
+        }
+        if let Some(ep) = self.quic.clone() {
+            tasks.spawn(crate::h3::serve(ep, self.shared.clone()));
+        }
+        tasks.spawn(watch_certs(self.cfg.clone(), self.resolver.clone()));
+        tasks.spawn(crate::health::run(self.shared.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -82,10 +148,19 @@ impl Proxy {
                 accepted = self.listener.accept() => {
                     match accepted {
                         Ok((tcp, peer)) => {
+                            let Some(slot) = self.conn_limiter.acquire(peer.ip()) else {
+                                self.shared.metrics.refused("connection_limit");
+                                tracing::debug!(src = %peer.ip(), "connection limit reached");
+                                continue;
+                            };
                             let _ = tcp.set_nodelay(true);
                             let acceptor = self.acceptor.clone();
                             let shared = self.shared.clone();
-                            tokio::spawn(connection(acceptor, shared, tcp, peer));
+                            let cfg = self.cfg.clone();
+                            tokio::spawn(async move {
+                                connection(acceptor, shared, cfg, tcp, peer).await;
+                                drop(slot);
+                            });
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: back off, keep serving.
@@ -96,23 +171,89 @@ impl Proxy {
                 }
             }
         }
+        if let Some(ep) = self.quic {
+            ep.close(0u32.into(), b"shutting down");
+        }
+        tasks.abort_all();
+    }
+}
+
+/// The address the client really has: the PROXY v2 header's, from a trusted
+/// balancer; otherwise the TCP peer. `None` refuses the connection.
+async fn client_address(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    let trusted = proxy_protocol::is_trusted(&shared.listen.trusted_proxies, peer.ip());
+    if shared.listen.proxy_protocol && trusted {
+        return match tokio::time::timeout(
+            shared.limits.header_timeout,
+            proxy_protocol::read_v2(tcp),
+        )
+        .await
+        {
+            Ok(Ok(Some(client))) => Some(client),
+            Ok(Ok(None)) => Some(peer),
+            Ok(Err(e)) => {
+                shared.metrics.refused("bad_proxy_header");
+                tracing::info!(src = %peer.ip(), error = %e, "refused: bad PROXY header from a trusted proxy");
+                None
+            }
+            Err(_) => {
+                shared.metrics.refused("bad_proxy_header");
+                None
+            }
+        };
+    }
+    // Anyone else who sends a PROXY header is trying to claim an address.
+    let mut first = [0u8; 12];
+    if let Ok(Ok(n)) =
+        tokio::time::timeout(shared.limits.header_timeout, tcp.peek(&mut first)).await
+        && n >= 5
+        && first[..n] == proxy_protocol::SIGNATURE[..n]
+    {
+        shared.metrics.refused("untrusted_proxy_header");
+        tracing::info!(src = %peer.ip(), "refused: PROXY header from an untrusted peer");
+        return None;
+    }
+    Some(peer)
+}
+
+fn tls_failure_reason(e: &std::io::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("ProtocolVersion") || text.contains("protocol version") {
+        "protocol_version"
+    } else if text.contains("NoApplicationProtocol") || text.contains("application protocol") {
+        "no_application_protocol"
+    } else if text.contains("PeerMisbehaved") || text.contains("peer misbehaved") {
+        "peer_misbehaved"
+    } else {
+        "other"
     }
 }
 
 async fn connection(
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
-    tcp: tokio::net::TcpStream,
+    cfg: Arc<Config>,
+    mut tcp: TcpStream,
     peer: SocketAddr,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let Some(client) = client_address(&shared, &mut tcp, peer).await else {
+        return;
+    };
+    let tls = match tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::debug!(src = %peer.ip(), error = %e, "TLS handshake failed");
+            let reason = tls_failure_reason(&e);
+            shared.metrics.tls_failure(reason);
+            tracing::debug!(src = %client.ip(), reason, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            tracing::debug!(src = %peer.ip(), "TLS handshake timed out");
+            shared.metrics.tls_failure("timeout");
+            tracing::debug!(src = %client.ip(), "TLS handshake timed out");
             return;
         }
     };
@@ -127,35 +268,102 @@ async fn connection(
     };
     let conn = Arc::new(ConnInfo {
         peer,
+        client: client.ip(),
         proto,
         tls: tls_label,
     });
-    let svc = service_fn(move |req| {
+    shared.metrics.connection(proto.index(), 1);
+    let svc = {
         let shared = shared.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&shared, &conn, req).await) }
-    });
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(pipeline::handle(&shared, &conn, req).await) }
+        })
+    };
     let io = TokioIo::new(tls);
+    let header_bytes = usize::try_from(cfg.limits.header_bytes).unwrap_or(usize::MAX);
     let result = match proto {
         Proto::H2 => {
-            http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
                 .max_concurrent_streams(H2_MAX_STREAMS)
-                .max_header_list_size(MAX_HEADER_BYTES as u32)
-                .serve_connection(io, svc)
-                .await
+                .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+                .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+                .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+                .enable_connect_protocol();
+            b.serve_connection(io, svc).await
         }
-        Proto::H1 => {
+        _ => {
             http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES.max(8192))
+                .header_read_timeout(cfg.limits.header_timeout)
+                // hyper's minimum; the pipeline enforces header_bytes exactly.
+                .max_buf_size(header_bytes.max(8192))
                 .serve_connection(io, svc)
                 .with_upgrades()
                 .await
         }
     };
+    shared.metrics.connection(proto.index(), -1);
     if let Err(e) = result {
-        tracing::debug!(src = %peer.ip(), error = %e, "connection ended with an error");
+        tracing::debug!(src = %client.ip(), error = %e, "connection ended with an error");
+    }
+}
+
+/// Reloads certificates on SIGHUP and when their files change. A bad new
+/// certificate or key is refused with a log line; the old one keeps serving.
+async fn watch_certs(cfg: Arc<Config>, resolver: Arc<CertResolver>) {
+    let files = CertStore::files(&cfg.tls);
+    let stamp = |files: &[std::path::PathBuf]| -> Vec<Option<SystemTime>> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut last = stamp(&files);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let by_signal = tokio::select! {
+            () = signalled => true,
+            () = tokio::time::sleep(CERT_POLL) => false,
+        };
+        let now = stamp(&files);
+        if !by_signal && now == last {
+            continue;
+        }
+        last = now;
+        match CertStore::load(&cfg.tls) {
+            Ok(store) => {
+                resolver.replace(store);
+                tracing::info!(
+                    trigger = if by_signal { "SIGHUP" } else { "file change" },
+                    "certificates reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload refused; still serving the previous certificates");
+            }
+        }
+    }
+}
+
+/// True when `ip` is a loopback address.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
     }
 }

@@ -143,7 +143,7 @@ fn broken_configs_report_every_error_with_position() {
 #[test]
 fn all_errors_at_once() {
     let dir = TempDir::new("check-all");
-    let text = "[listen]\naddr = \"nope\"\nadmin = \"127.0.0.1:9901\"\n\n[tls]\ncert = 3\n\n[[route]]\nname = \"Bad Name\"\nhost = \"a.test\"\nupstreams = []\nbogus = 1\n";
+    let text = "[listen]\naddr = \"nope\"\ndevice_ca = \"127.0.0.1:9901\"\n\n[tls]\ncert = 3\n\n[[route]]\nname = \"Bad Name\"\nhost = \"a.test\"\nupstreams = []\nbogus = 1\n";
     let (code, out) = check(&dir, "many.toml", text);
     assert_eq!(code, 1);
     for m in [
