@@ -72,7 +72,8 @@ async fn demo(state_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         uploads: uploads.clone(),
     });
     let ehr = start_backend(tls.clone(), backend.clone(), Kind::Ehr).await?;
-    let img = start_backend(tls, backend, Kind::Imaging).await?;
+    let img = start_backend(tls.clone(), backend.clone(), Kind::Imaging).await?;
+    let video = start_backend(tls, backend, Kind::Video).await?;
 
     let config_path = state_dir.join("dermgate.toml");
     let config_text = format!(
@@ -104,6 +105,16 @@ path = "/imaging"
 upstreams = ["https://{img}"]
 upstream_ca = "certs/ca.pem"
 public = true
+max_body = "2GiB"
+
+[[route]]
+name = "video"
+host = "localhost"
+path = "/visit"
+upstreams = ["https://{video}"]
+upstream_ca = "certs/ca.pem"
+public = true
+websocket = true
 "#
     );
     std::fs::write(&config_path, config_text)
@@ -121,6 +132,8 @@ public = true
 
   Open in a browser:   https://localhost:{port}/            (demo EHR)
                        https://localhost:{port}/imaging/    (imaging viewer, Range, upload)
+                       https://localhost:{port}/visit/      (video visit: WebSocket signaling)
+                       HTTP/3 is on the same port (UDP); browsers switch to it via Alt-Svc
 
   Trust the dev CA:    {ca}
     Chromium/Chrome: Settings → Privacy and security → Security → Manage certificates
@@ -132,7 +145,7 @@ public = true
   Upload:              curl --cacert {ca} -T {ca} https://localhost:{port}/imaging/upload/test.pem
 
   Config in use:       {config}   (dermgate check --config {config})
-  Backends:            ehr https://{ehr}   imaging https://{img}   (TLS 1.3, dev CA)
+  Backends:            ehr https://{ehr}   imaging https://{img}   video https://{video}   (TLS 1.3, dev CA)
   Stop with Ctrl-C.
 "#,
         ca = ca.display(),
@@ -146,6 +159,7 @@ public = true
 enum Kind {
     Ehr,
     Imaging,
+    Video,
 }
 
 struct Backend {
@@ -182,6 +196,7 @@ async fn start_backend(
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -235,6 +250,8 @@ const r=await fetch('/imaging/upload/'+encodeURIComponent(f.name),{method:'PUT',
 document.getElementById('r').textContent=r.status+' '+await r.text();}</script>"
                     .to_string(),
             ),
+            (Kind::Video, &Method::GET, "/visit" | "/visit/") => html(VISIT_PAGE.to_string()),
+            (Kind::Video, &Method::GET, "/visit/signal") => signaling_echo(req),
             (Kind::Imaging, &Method::GET | &Method::HEAD, "/imaging/lesion.bmp") => {
                 serve_range(&self.image, req.headers().get(RANGE).and_then(|v| v.to_str().ok()))
             }
@@ -278,6 +295,55 @@ document.getElementById('r').textContent=r.status+' '+await r.text();}</script>"
             .collect();
         Ok((n, sha))
     }
+}
+
+/// The demo video-visit page: joins the signaling socket and shows the echo.
+const VISIT_PAGE: &str = "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>\
+<title>Demo video visit</title><style>body{font:16px system-ui;max-width:40em;margin:2em auto}\
+#log{background:#f3f5f7;padding:1em;min-height:6em;white-space:pre-wrap}</style>\
+<h1>Demo video visit</h1><p>Signaling runs over a WebSocket through dermgate (TLS 1.3).</p>\
+<input id=m value='offer: demo-sdp'> <button onclick='send()'>Send</button><div id=log></div>\
+<script>const log=t=>document.getElementById('log').textContent+=t+'\\n';\
+const ws=new WebSocket('wss://'+location.host+'/visit/signal');\
+ws.onopen=()=>log('connected');ws.onmessage=e=>log('echo: '+e.data);ws.onclose=()=>log('closed');\
+function send(){ws.send(document.getElementById('m').value)}</script>";
+
+/// The demo signaling server: a WebSocket that echoes text and binary messages.
+fn signaling_echo(mut req: Request<Incoming>) -> Response<DemoBody> {
+    let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
+        return status(StatusCode::BAD_REQUEST, "expected a WebSocket handshake\n");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        let Ok(io) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(io),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = status(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
 }
 
 /// A single `bytes=` range (the forms browsers and curl send); anything else gets the whole body.

@@ -132,24 +132,31 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, remote: Sock
                 return;
             }
         };
+    let mut requests = tokio::task::JoinSet::new();
     loop {
-        match h3c.accept().await {
-            Ok(Some(resolver)) => {
-                let shared = shared.clone();
-                let info = info.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = request(resolver, &shared, &info).await {
-                        tracing::debug!(error = %e, "HTTP/3 request ended with an error");
-                    }
-                });
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(src = %remote.ip(), error = %e, "HTTP/3 connection closed");
-                break;
-            }
+        tokio::select! {
+            accepted = h3c.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let shared = shared.clone();
+                    let info = info.clone();
+                    requests.spawn(async move {
+                        if let Err(e) = request(resolver, &shared, &info).await {
+                            tracing::info!(error = %e, "HTTP/3 request ended with an error");
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(src = %remote.ip(), error = %e, "HTTP/3 connection closed");
+                    break;
+                }
+            },
+            // Reap finished requests so the set does not grow on long connections.
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
         }
     }
+    // Dropping the connection closes it: let requests in flight finish first.
+    while requests.join_next().await.is_some() {}
     shared.metrics.connection(Proto::H3.index(), -1);
 }
 

@@ -7,6 +7,8 @@
 mod canonical;
 mod check;
 mod common;
+mod dataplane;
 mod forwarding;
+mod operations;
 mod streaming;
 mod tls;

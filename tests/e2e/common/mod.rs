@@ -220,11 +220,12 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -273,6 +274,17 @@ pub mod pattern_body {
 
 impl Upstream {
     pub async fn start(certs: &Certs) -> Self {
+        Self::start_on(certs, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Stops accepting and closes every open connection (a crashed backend).
+    pub fn stop(&self) {
+        self.task.abort();
+        let _ = self.stop.send(true);
+    }
+
+    /// Starts on a given address (to bring a stopped upstream back).
+    pub async fn start_on(certs: &Certs, addr: SocketAddr) -> Self {
         use rustls_pki_types::pem::PemObject;
         let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(certs.server_cert())
             .unwrap()
@@ -286,10 +298,12 @@ impl Upstream {
                 .unwrap();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let seen2 = seen.clone();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let port = addr.port();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -297,21 +311,35 @@ impl Upstream {
                 };
                 let acceptor = acceptor.clone();
                 let seen = seen2.clone();
+                let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let seen = seen.clone();
-                        async move { Ok::<_, Infallible>(upstream_handle(req, &seen).await) }
+                        async move {
+                            let mut r = upstream_handle(req, &seen).await;
+                            r.headers_mut().insert("x-upstream-port", port.into());
+                            Ok::<_, Infallible>(r)
+                        }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
                 });
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            task,
+            stop,
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -323,7 +351,7 @@ impl Upstream {
     }
 }
 
-async fn upstream_handle(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<UpBody> {
+async fn upstream_handle(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<UpBody> {
     let target = req
         .uri()
         .path_and_query()
@@ -350,6 +378,41 @@ async fn upstream_handle(req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Res
         r
     };
     match path.as_str() {
+        "/healthz" => full(StatusCode::OK, b"ok".to_vec()),
+        "/ws" => {
+            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+                return full(
+                    StatusCode::BAD_REQUEST,
+                    b"not a websocket handshake".to_vec(),
+                );
+            };
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                use futures_util::{SinkExt, StreamExt};
+                let Ok(io) = upgrade.await else { return };
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(io),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut r = full(StatusCode::SWITCHING_PROTOCOLS, Vec::new());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            r.headers_mut()
+                .insert("sec-websocket-accept", accept.parse().unwrap());
+            r
+        }
         "/big/download" => {
             let n: u64 = req
                 .uri()
