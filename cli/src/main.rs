@@ -1,7 +1,9 @@
 //! `dermgate`: the proxy binary and admin CLI. One module per command.
 
+mod admin_client;
 mod check;
 mod demo;
+mod policy_cmd;
 mod serve;
 
 use std::net::SocketAddr;
@@ -43,6 +45,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Segmentation policy: show, validate, test, explain, diff, allow, deny, apply.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCli,
+    },
     /// Run a self-contained demo: dev certificates, demo backends and the proxy.
     #[command(after_help = "Example:\n  dermgate demo --state-dir ./demo-state")]
     Demo {
@@ -53,6 +60,22 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCli {
+    /// Validate a policy, run the `[policy] tests` cases, and swap it into the running
+    /// proxy through its admin API. An invalid policy is refused; the running one stays.
+    #[command(after_help = "Example:\n  dermgate policy apply policy.toml --config dermgate.toml")]
+    Apply {
+        /// The policy file to apply.
+        file: PathBuf,
+        /// The proxy's configuration (admin address and token).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    #[command(flatten)]
+    Other(policy_cmd::PolicyCmd),
 }
 
 #[derive(Subcommand)]
@@ -104,5 +127,38 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Demo { state_dir, listen } => demo::run(&state_dir, listen),
+        Cmd::Policy {
+            cmd: PolicyCli::Apply { file, config },
+        } => policy_apply(&file, &config),
+        Cmd::Policy {
+            cmd: PolicyCli::Other(cmd),
+        } => policy_cmd::run(cmd),
+    }
+}
+
+/// `dermgate policy apply F --config C`: the running proxy validates, tests and
+/// swaps; this command reports what it said.
+fn policy_apply(file: &std::path::Path, config: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match admin_client::call(
+        config,
+        http::Method::POST,
+        "/admin/v1/policy",
+        bytes::Bytes::from(text),
+    ) {
+        Ok(body) => {
+            println!("applied {}: {}", file.display(), body.trim());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("refused: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -17,7 +17,9 @@ use dermgate_policy::{
 #[derive(clap::Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Show the rules of a policy as a table (or as JSON).
-    #[command(after_help = "Example:\n  dermgate policy show policy.toml\n  dermgate policy show policy.toml --json")]
+    #[command(
+        after_help = "Example:\n  dermgate policy show policy.toml\n  dermgate policy show policy.toml --json"
+    )]
     Show {
         /// The policy file.
         file: PathBuf,
@@ -64,7 +66,9 @@ pub enum PolicyCmd {
     },
     /// What changes between two policies: rules added, removed or changed in
     /// meaning, and (with --cases) the cases whose decision changes.
-    #[command(after_help = "Example:\n  dermgate policy diff policy.toml policy.new.toml --cases policy-tests.toml")]
+    #[command(
+        after_help = "Example:\n  dermgate policy diff policy.toml policy.new.toml --cases policy-tests.toml"
+    )]
     Diff {
         /// The current policy.
         old: PathBuf,
@@ -248,13 +252,27 @@ fn show(file: &Path, json: bool) -> Result<ExitCode, ExitCode> {
         if p.rules().len() == 1 { "" } else { "s" },
         p.version()
     );
-    let width = p.rules().iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    println!("\n  {:>4}  {:<width$}  {:<6}  conditions", "line", "rule", "effect");
+    let width = p
+        .rules()
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "\n  {:>4}  {:<width$}  {:<6}  conditions",
+        "line", "rule", "effect"
+    );
     for r in p.rules() {
         let conditions = r.conditions();
         let mut lines = conditions.iter().map(|(k, v)| format!("{k}: {v}"));
-        let first = lines.next().unwrap_or_else(|| "(none: matches every request)".to_string());
-        println!("  {:>4}  {:<width$}  {:<6}  {first}", r.line, r.name, r.effect);
+        let first = lines
+            .next()
+            .unwrap_or_else(|| "(none: matches every request)".to_string());
+        println!(
+            "  {:>4}  {:<width$}  {:<6}  {first}",
+            r.line, r.name, r.effect
+        );
         for more in lines {
             println!("  {:>4}  {:<width$}  {:<6}  {more}", "", "", "");
         }
@@ -340,17 +358,24 @@ fn explain(file: &Path, request: &str, json: bool) -> Result<ExitCode, ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn diff_cmd(old: &Path, new: &Path, cases: Option<&Path>, json: bool) -> Result<ExitCode, ExitCode> {
+fn diff_cmd(
+    old: &Path,
+    new: &Path,
+    cases: Option<&Path>,
+    json: bool,
+) -> Result<ExitCode, ExitCode> {
     let a = load(old, None)?;
     let b = load(new, None)?;
     let cases = match cases {
         None => None,
         Some(path) => {
             let text = read(path)?;
-            Some(Cases::parse(&name(path), &text, Timestamp::now()).map_err(|d| {
-                eprintln!("{}", d.render());
-                ExitCode::FAILURE
-            })?)
+            Some(
+                Cases::parse(&name(path), &text, Timestamp::now()).map_err(|d| {
+                    eprintln!("{}", d.render());
+                    ExitCode::FAILURE
+                })?,
+            )
         }
     };
     let d = diff(&a, &b, cases.as_ref());

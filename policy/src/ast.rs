@@ -1,5 +1,5 @@
 //! The validated policy: what [`crate::validate`] produces from the syntax tree
-//! and [`crate::compile`] turns into a [`crate::CompiledPolicy`].
+//! and [`crate::compile()`] turns into a [`crate::CompiledPolicy`].
 //!
 //! Every value here has already been checked (CIDRs parse and have no host bits,
 //! time zones exist, durations follow the grammar, path patterns are well
@@ -38,7 +38,7 @@ impl Effect {
 
 impl fmt::Display for Effect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -209,7 +209,7 @@ impl Platform {
 
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -311,7 +311,10 @@ impl Rule {
         if let Some(p) = &self.paths {
             out.push((
                 "paths",
-                p.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(", "),
+                p.iter()
+                    .map(|p| p.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ));
         }
         if self.visit_room_own {
@@ -320,7 +323,10 @@ impl Rule {
         if let Some(s) = &self.sources {
             out.push((
                 "sources",
-                s.iter().map(Source::to_string).collect::<Vec<_>>().join(", "),
+                s.iter()
+                    .map(Source::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ));
         }
         if let Some(g) = &self.groups {
@@ -382,7 +388,11 @@ impl fmt::Display for Hours {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let days = match &self.days {
             None => "every day".to_string(),
-            Some(d) => d.iter().map(|d| weekday_name(*d)).collect::<Vec<_>>().join(","),
+            Some(d) => d
+                .iter()
+                .map(|d| weekday_name(*d))
+                .collect::<Vec<_>>()
+                .join(","),
         };
         let time = match self.time {
             None => "all day".to_string(),
@@ -416,6 +426,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -75,7 +75,9 @@ impl SourceSet {
     }
 
     /// Parses entries as written in a policy (`"any"`, `"10.0.0.0/8"`, `"!10.1.0.0/16"`).
-    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<SourceSet, String> {
+    pub fn parse<'a>(
+        entries: impl IntoIterator<Item = &'a str>,
+    ) -> Result<SourceSet, crate::ValueError> {
         let parsed = entries
             .into_iter()
             .map(crate::parse::parse_source)
@@ -107,6 +109,7 @@ impl SourceSet {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -115,7 +118,8 @@ mod tests {
     }
 
     fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+        s.parse()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! that evaluation touches only the rules that could decide a request and never
 //! parses, lowercases or allocates.
 //!
-//! What is precomputed: group names interned to small integers; per route (and
-//! per group within a route) the deny and allow rules in file order, so a
-//! request visits only its candidates; one prefix trie per family for each
+//! What is precomputed: group names interned to small integers; per route the
+//! deny and allow rules in file order, split by group (rules with `groups`)
+//! and by the first path segment (rules whose patterns all start with a
+//! literal one), so a request visits only its candidates and evaluation time
+//! does not grow with the number of rules that cannot apply; one prefix trie per family for each
 //! rule's sources; path patterns split into segments; methods upper-cased; day
 //! sets as bitmasks and time zones resolved. Also the canonical form of every
 //! rule, whose SHA-256 is the policy version.
@@ -18,18 +20,46 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::ast::{
-    DeviceRequirement, Effect, OsVersion, Platform, Policy, Rule, Segment, Source, hhmm, weekday_name,
+    DeviceRequirement, Effect, OsVersion, Platform, Policy, Rule, Segment, Source, hhmm,
+    weekday_name,
 };
 use crate::cidr::SourceSet;
 use crate::decision::DenyReason;
+
+/// FNV-1a: the maps below are keyed by names from the policy (trusted), and a
+/// lookup with an attacker-chosen key cannot lengthen their chains, so a fast
+/// non-keyed hash is safe and saves most of the per-request hashing cost.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// A `HashMap` with [`Fnv`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 
 /// A policy ready to evaluate. Immutable, `Send + Sync`; share it behind an `Arc`
 /// and swap the `Arc` to apply a new one.
 pub struct CompiledPolicy {
     pub(crate) policy: Policy,
     pub(crate) rules: Box<[CompiledRule]>,
-    pub(crate) groups: HashMap<Box<str>, u32>,
-    pub(crate) routes: HashMap<Box<str>, Bucket>,
+    pub(crate) groups: FastMap<Box<str>, u32>,
+    pub(crate) routes: FastMap<Box<str>, Bucket>,
     /// Rules for a route no rule names: those without `routes`.
     pub(crate) other_routes: Bucket,
     pub(crate) canonical: Vec<CanonicalRule>,
@@ -51,35 +81,84 @@ impl std::fmt::Debug for CompiledPolicy {
 pub(crate) struct Bucket {
     pub(crate) deny: Lane,
     pub(crate) allow: Lane,
-    /// Every allow rule for the route in file order (the slow default-deny path).
-    pub(crate) all_allow: Box<[u32]>,
 }
 
-/// Rules of one effect for one route, split by group so that a request visits
-/// only rules whose `groups` it could satisfy. Each list is in file order.
+/// Rules of one effect for one route, split so that a request visits only
+/// rules it could match: rules with `groups` under each of their groups;
+/// otherwise rules whose every path pattern starts with a literal segment
+/// under each such segment; the rest in `open`. Each list is in file order.
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
-    /// Rules without a `groups` condition.
+    /// Rules reached by neither index.
     pub(crate) open: Box<[u32]>,
-    /// Rules with a `groups` condition, listed under each of their groups; sorted by group id.
-    pub(crate) by_group: Box<[(u32, Box<[u32]>)]>,
+    /// Rules with a `groups` condition, under each of their groups.
+    pub(crate) by_group: FastMap<u32, Box<[u32]>>,
+    /// Rules without `groups` whose patterns all start with a literal segment,
+    /// under each of those segments.
+    pub(crate) by_segment: FastMap<Box<str>, Box<[u32]>>,
+}
+
+impl Lane {
+    /// Calls `f` with every candidate list for a request with these (interned,
+    /// sorted) groups and this first path segment.
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        groups: &[u32],
+        first_segment: Option<&str>,
+        mut f: impl FnMut(&'a [u32]),
+    ) {
+        f(&self.open);
+        if !self.by_group.is_empty() {
+            for g in groups {
+                if let Some(list) = self.by_group.get(g) {
+                    f(list);
+                }
+            }
+        }
+        if !self.by_segment.is_empty()
+            && let Some(seg) = first_segment
+            && let Some(list) = self.by_segment.get(seg)
+        {
+            f(list);
+        }
+    }
 }
 
 #[derive(Default)]
 struct LaneBuilder {
     open: Vec<u32>,
     by_group: BTreeMap<u32, Vec<u32>>,
+    by_segment: BTreeMap<Box<str>, Vec<u32>>,
+}
+
+/// The distinct first segments of a rule's path patterns, when every pattern
+/// starts with a literal one.
+fn first_literals(rule: &CompiledRule) -> Option<Vec<&str>> {
+    let paths = rule.paths.as_ref()?;
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths.iter() {
+        match p.first() {
+            Some(Segment::Literal(l)) => out.push(l.as_str()),
+            _ => return None,
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
 }
 
 impl LaneBuilder {
     fn push(&mut self, i: u32, rule: &CompiledRule) {
-        match &rule.groups {
-            None => self.open.push(i),
-            Some(ids) => {
-                for g in ids.iter() {
-                    self.by_group.entry(*g).or_default().push(i);
-                }
+        if let Some(ids) = &rule.groups {
+            for g in ids.iter() {
+                self.by_group.entry(*g).or_default().push(i);
             }
+        } else if let Some(segments) = first_literals(rule) {
+            for s in segments {
+                self.by_segment.entry(Box::from(s)).or_default().push(i);
+            }
+        } else {
+            self.open.push(i);
         }
     }
     fn build(self) -> Lane {
@@ -90,6 +169,11 @@ impl LaneBuilder {
                 .into_iter()
                 .map(|(g, l)| (g, l.into_boxed_slice()))
                 .collect(),
+            by_segment: self
+                .by_segment
+                .into_iter()
+                .map(|(s, l)| (s, l.into_boxed_slice()))
+                .collect(),
         }
     }
 }
@@ -98,27 +182,25 @@ impl LaneBuilder {
 struct BucketBuilder {
     deny: LaneBuilder,
     allow: LaneBuilder,
-    all_allow: Vec<u32>,
 }
 
 impl BucketBuilder {
     fn push(&mut self, i: u32, rule: &CompiledRule) {
         match rule.effect {
             Effect::Deny => self.deny.push(i, rule),
-            Effect::Allow => {
-                self.allow.push(i, rule);
-                self.all_allow.push(i);
-            }
+            Effect::Allow => self.allow.push(i, rule),
         }
     }
     fn build(self) -> Bucket {
         Bucket {
             deny: self.deny.build(),
             allow: self.allow.build(),
-            all_allow: self.all_allow.into(),
         }
     }
 }
+
+/// One listed claim and the values that satisfy it.
+pub(crate) type ClaimCondition = (Box<str>, Box<[Box<str>]>);
 
 /// One rule, ready to check.
 #[derive(Debug)]
@@ -130,7 +212,7 @@ pub(crate) struct CompiledRule {
     pub(crate) visit_room_own: bool,
     pub(crate) sources: Option<SourceSet>,
     pub(crate) groups: Option<Box<[u32]>>,
-    pub(crate) claims: Option<Box<[(Box<str>, Box<[Box<str>]>)]>>,
+    pub(crate) claims: Option<Box<[ClaimCondition]>>,
     pub(crate) mfa_max_age: Option<Duration>,
     pub(crate) device: Option<CompiledDevice>,
     pub(crate) hours: Option<CompiledHours>,
@@ -162,7 +244,7 @@ pub(crate) struct CompiledHours {
 /// Compiles a validated policy. Never fails: everything that could go wrong was
 /// refused by validation.
 pub fn compile(policy: Policy) -> CompiledPolicy {
-    let mut groups: HashMap<Box<str>, u32> = HashMap::new();
+    let mut groups: FastMap<Box<str>, u32> = FastMap::default();
     let mut tzs: HashMap<String, u32> = HashMap::new();
     let mut rules = Vec::with_capacity(policy.rules.len());
     for rule in &policy.rules {
@@ -211,7 +293,11 @@ pub fn compile(policy: Policy) -> CompiledPolicy {
     }
 }
 
-fn compile_rule(rule: &Rule, groups: &mut HashMap<Box<str>, u32>, tzs: &mut HashMap<String, u32>) -> CompiledRule {
+fn compile_rule(
+    rule: &Rule,
+    groups: &mut FastMap<Box<str>, u32>,
+    tzs: &mut HashMap<String, u32>,
+) -> CompiledRule {
     let boxed = |v: &Vec<String>| -> Box<[Box<str>]> {
         let mut v: Vec<Box<str>> = v.iter().map(|s| Box::from(s.as_str())).collect();
         v.sort();
@@ -277,16 +363,19 @@ fn compile_rule(rule: &Rule, groups: &mut HashMap<Box<str>, u32>, tzs: &mut Hash
                 .collect()
         }),
         mfa_max_age: rule.mfa_max_age,
-        device: rule.device.as_ref().map(|d: &DeviceRequirement| CompiledDevice {
-            managed: d.managed,
-            disk_encrypted: d.disk_encrypted,
-            screen_lock: d.screen_lock,
-            max_checkin_age: d.max_checkin_age,
-            os_min: d
-                .os_min
-                .as_ref()
-                .map(|m| m.iter().map(|(p, v)| (*p, v.clone())).collect()),
-        }),
+        device: rule
+            .device
+            .as_ref()
+            .map(|d: &DeviceRequirement| CompiledDevice {
+                managed: d.managed,
+                disk_encrypted: d.disk_encrypted,
+                screen_lock: d.screen_lock,
+                max_checkin_age: d.max_checkin_age,
+                os_min: d
+                    .os_min
+                    .as_ref()
+                    .map(|m| m.iter().map(|(p, v)| (*p, v.clone())).collect()),
+            }),
         hours,
         break_glass: rule.break_glass,
         deny_reason,
@@ -393,8 +482,8 @@ fn aggregate(nets: Vec<IpNet>) -> Vec<String> {
 
 pub(crate) fn canonical_rule(rule: &Rule) -> CanonicalRule {
     let paths = rule.paths.as_ref().and_then(|ps| {
-        let everything = !rule.visit_room_own
-            && ps.iter().any(|p| p.segments.as_slice() == [Segment::Rest]);
+        let everything =
+            !rule.visit_room_own && ps.iter().any(|p| p.segments.as_slice() == [Segment::Rest]);
         (!everything).then(|| {
             let texts: Vec<String> = ps.iter().map(|p| p.text.clone()).collect();
             sorted(&texts)
@@ -437,11 +526,11 @@ pub(crate) fn canonical_rule(rule: &Rule) -> CanonicalRule {
         }),
     });
     let hours = rule.hours.as_ref().and_then(|h| {
-        let days = h
-            .days
-            .as_ref()
-            .filter(|d| d.len() < 7)
-            .map(|d| d.iter().map(|w| weekday_name(*w).to_string()).collect::<Vec<_>>());
+        let days = h.days.as_ref().filter(|d| d.len() < 7).map(|d| {
+            d.iter()
+                .map(|w| weekday_name(*w).to_string())
+                .collect::<Vec<_>>()
+        });
         let time = h
             .time
             .filter(|&(s, e)| !(s == 0 && e == 1440))
@@ -461,11 +550,10 @@ pub(crate) fn canonical_rule(rule: &Rule) -> CanonicalRule {
         visit_room: rule.visit_room_own.then(|| "own".to_string()),
         sources,
         groups: rule.groups.as_deref().map(sorted),
-        claims: rule.claims.as_ref().map(|c| {
-            c.iter()
-                .map(|(k, v)| (k.clone(), sorted(v)))
-                .collect()
-        }),
+        claims: rule
+            .claims
+            .as_ref()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), sorted(v))).collect()),
         mfa_max_age_secs: rule.mfa_max_age.map(|d| d.as_secs()),
         device,
         hours,

@@ -126,7 +126,7 @@ impl Condition {
 
 impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.key())
+        f.pad(self.key())
     }
 }
 
@@ -257,7 +257,7 @@ impl DenyReason {
 
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message())
+        f.pad(self.message())
     }
 }
 
@@ -283,6 +283,10 @@ pub enum Decision<'p> {
         rule: Option<&'p str>,
         /// Why, with a remedy.
         reason: DenyReason,
+        /// A break-the-glass rule would allow this request once the user states
+        /// a justification: offer the break-the-glass page. Never set when a
+        /// deny rule decided (deny overrides every allow, break-the-glass too).
+        break_glass: bool,
     },
 }
 
@@ -316,6 +320,18 @@ impl<'p> Decision<'p> {
         }
     }
 
+    /// True when denied and a break-the-glass rule would allow the request once
+    /// a justification is stated.
+    pub fn break_glass_available(&self) -> bool {
+        matches!(
+            self,
+            Decision::Deny {
+                break_glass: true,
+                ..
+            }
+        )
+    }
+
     /// The remedy text, when denied.
     pub fn remedy(&self) -> Option<&'static str> {
         self.reason().map(DenyReason::remedy)
@@ -332,12 +348,22 @@ impl fmt::Display for Decision<'_> {
                 }
                 f.write_str(")")
             }
-            Decision::Deny { rule, reason } => write!(
-                f,
-                "deny (rule `{}`): {reason}. {}",
-                rule.unwrap_or(crate::parse::DEFAULT_RULE),
-                reason.remedy()
-            ),
+            Decision::Deny {
+                rule,
+                reason,
+                break_glass,
+            } => {
+                write!(
+                    f,
+                    "deny (rule `{}`): {reason}. {}",
+                    rule.unwrap_or(crate::parse::DEFAULT_RULE),
+                    reason.remedy()
+                )?;
+                if *break_glass {
+                    f.write_str(" Break-the-glass access is available.")?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -15,9 +15,13 @@ use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
 
 use crate::ast::{
-    DeviceRequirement, Effect, Hours, OsVersion, PathPattern, Platform, Policy, Rule, Segment, Source,
+    DeviceRequirement, Effect, Hours, OsVersion, PathPattern, Platform, Policy, Rule, Segment,
+    Source,
 };
-use crate::text::{DeTable, DeValue, Diagnostics, Reader, Spanned, Value, did_you_mean, unknown};
+use crate::error::ValueError;
+use crate::text::{
+    DeTable, DeValue, Diagnostics, LineIndex, Reader, Spanned, Value, did_you_mean, unknown,
+};
 
 /// The keys a `[[rule]]` may have, in the order `policy show` and the editor use.
 pub const RULE_KEYS: &[&str] = &[
@@ -49,8 +53,25 @@ const HOURS_KEYS: &[&str] = &["days", "time", "tz"];
 /// HTTP methods a rule may name (RFC 9110, PATCH, and the WebDAV methods some
 /// imaging stores use). Anything else is most likely a typo.
 pub const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PROPFIND",
-    "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH", "QUERY",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "REPORT",
+    "SEARCH",
+    "QUERY",
 ];
 
 const DAY_NAMES: &[&str] = &["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -82,23 +103,33 @@ impl<'i> SyntaxTree<'i> {
 
 /// Stage one: parses `text` (reported as `file`) as TOML, keeping positions.
 pub fn parse<'i>(file: &str, text: &'i str) -> Result<SyntaxTree<'i>, Diagnostics> {
-    let mut r = Reader::new(file, text);
+    // The tree borrows only `text`; the file name is put into the diagnostics after.
+    let mut r = Reader::new("", text);
     match r.parse() {
         Some(root) => Ok(SyntaxTree {
             file: file.to_string(),
             text,
             root,
         }),
-        None => Err(r.finish()),
+        None => {
+            let mut d = r.finish();
+            for x in &mut d.0 {
+                x.file = file.to_string();
+            }
+            Err(d)
+        }
     }
 }
 
 /// Stage two: checks the tree and builds the [`Policy`], or returns every problem found.
 /// With `known_routes`, route names not in it are errors (with a did-you-mean).
-pub fn validate(tree: &SyntaxTree<'_>, known_routes: Option<&[&str]>) -> Result<Policy, Diagnostics> {
+pub fn validate(
+    tree: &SyntaxTree<'_>,
+    known_routes: Option<&[&str]>,
+) -> Result<Policy, Diagnostics> {
     let mut r = Reader::new(&tree.file, tree.text);
     let mut v = Validator {
-        text: tree.text,
+        lines: LineIndex::new(tree.text),
         known_routes,
     };
     let root = tree.root();
@@ -134,13 +165,20 @@ pub fn validate(tree: &SyntaxTree<'_>, known_routes: Option<&[&str]>) -> Result<
 }
 
 struct Validator<'a> {
-    text: &'a str,
+    lines: LineIndex,
     known_routes: Option<&'a [&'a str]>,
 }
 
-fn line_of(text: &str, at: usize) -> usize {
-    text.get(..at.min(text.len()))
-        .map_or(1, |b| b.matches('\n').count() + 1)
+/// A condition's value: `None` when left out; a failed value clears `ok`.
+fn opt<T>(ok: &mut bool, x: Option<Option<T>>) -> Option<T> {
+    match x {
+        None => None,
+        Some(None) => {
+            *ok = false;
+            None
+        }
+        Some(Some(v)) => Some(v),
+    }
 }
 
 impl Validator<'_> {
@@ -174,7 +212,7 @@ impl Validator<'_> {
                     None
                 }
                 Some(n) => {
-                    let line = line_of(self.text, v.span().start);
+                    let line = self.lines.line(v.span().start);
                     if let Some(first) = seen.get(n) {
                         r.error(
                             v.span(),
@@ -196,7 +234,10 @@ impl Validator<'_> {
 
         let effect = match t.get("effect") {
             None => {
-                r.error(span.clone(), format!("{what} has no `effect` (expected \"allow\" or \"deny\")"));
+                r.error(
+                    span.clone(),
+                    format!("{what} has no `effect` (expected \"allow\" or \"deny\")"),
+                );
                 None
             }
             Some(v) => r
@@ -215,30 +256,28 @@ impl Validator<'_> {
         };
 
         let mut ok = name.is_some() && effect.is_some();
-        let mut opt = |x: Option<Option<_>>| -> Option<_> {
-            match x {
-                None => None,
-                Some(None) => {
-                    ok = false;
-                    None
-                }
-                Some(Some(v)) => Some(v),
-            }
-        };
-
-        let routes = opt(t.get("routes").map(|v| self.routes(r, v)));
-        let groups = opt(t.get("groups").map(|v| {
-            nonempty_list(r, v, "groups", "group names such as \"clinicians\"")
-                .map(|l| l.into_iter().map(|s| s.get_ref().to_string()).collect::<Vec<_>>())
-        }));
-        let claims = opt(t.get("claims").map(|v| claims(r, v)));
-        let mfa_max_age = opt(t.get("mfa_max_age").map(|v| r.duration(v, "mfa_max_age")));
-        let device = opt(t.get("device").map(|v| device(r, v)));
-        let sources = opt(t.get("sources").map(|v| sources(r, v)));
-        let methods = opt(t.get("methods").map(|v| methods(r, v)));
-        let paths = opt(t.get("paths").map(|v| paths(r, v)));
-        let hours = opt(t.get("hours").map(|v| hours(r, v)));
-        let visit_room_own = opt(t.get("visit_room").map(|v| {
+        let routes = opt(&mut ok, t.get("routes").map(|v| self.routes(r, v)));
+        let groups = opt(
+            &mut ok,
+            t.get("groups").map(|v| {
+                nonempty_list(r, v, "groups", "group names such as \"clinicians\"").map(|l| {
+                    l.into_iter()
+                        .map(|s| s.get_ref().to_string())
+                        .collect::<Vec<_>>()
+                })
+            }),
+        );
+        let claims = opt(&mut ok, t.get("claims").map(|v| claims(r, v)));
+        let mfa_max_age = opt(
+            &mut ok,
+            t.get("mfa_max_age").map(|v| r.duration(v, "mfa_max_age")),
+        );
+        let device = opt(&mut ok, t.get("device").map(|v| device(r, v)));
+        let sources = opt(&mut ok, t.get("sources").map(|v| sources(r, v)));
+        let methods = opt(&mut ok, t.get("methods").map(|v| methods(r, v)));
+        let paths = opt(&mut ok, t.get("paths").map(|v| paths(r, v)));
+        let hours = opt(&mut ok, t.get("hours").map(|v| hours(r, v)));
+        let visit_room_own = opt(&mut ok, t.get("visit_room").map(|v| {
             let s = r.str(v, "visit_room", "\"own\"")?;
             if s == "own" {
                 Some(true)
@@ -251,16 +290,21 @@ impl Validator<'_> {
             }
         }))
         .unwrap_or(false);
-        let break_glass = opt(t.get("break_glass").map(|v| r.bool(v, "break_glass"))).unwrap_or(false);
+        let break_glass = opt(
+            &mut ok,
+            t.get("break_glass").map(|v| r.bool(v, "break_glass")),
+        )
+        .unwrap_or(false);
 
-        if break_glass && effect == Some(Effect::Deny) {
-            if let Some(v) = t.get("break_glass") {
-                r.error(
+        if break_glass
+            && effect == Some(Effect::Deny)
+            && let Some(v) = t.get("break_glass")
+        {
+            r.error(
                     v.span(),
                     "`break_glass = true` only makes sense on an allow rule (it lets a request through after a stated justification)",
                 );
-                ok = false;
-            }
+            ok = false;
         }
         if visit_room_own {
             let at = t.get("visit_room").map_or(span.clone(), |v| v.span());
@@ -312,7 +356,10 @@ impl Validator<'_> {
             let name: &str = item.get_ref();
             if let Some(known) = self.known_routes {
                 if !known.contains(&name) {
-                    r.error(item.span(), unknown(&format!("route `{name}`"), name, known));
+                    r.error(
+                        item.span(),
+                        unknown(&format!("route `{name}`"), name, known),
+                    );
                     ok = false;
                 }
             } else if name.is_empty() {
@@ -425,11 +472,18 @@ fn os_min(r: &mut Reader<'_>, v: &Value<'_>) -> Option<BTreeMap<Platform, OsVers
             .then(|| Platform::from_name(key))
             .flatten();
         let Some(platform) = platform else {
-            r.error(k.span(), unknown(&format!("platform `{key}` in `os_min`"), key, &names));
+            r.error(
+                k.span(),
+                unknown(&format!("platform `{key}` in `os_min`"), key, &names),
+            );
             ok = false;
             continue;
         };
-        let Some(s) = r.str(val, &format!("os_min.{key}"), "a dotted version such as \"14.4\"") else {
+        let Some(s) = r.str(
+            val,
+            &format!("os_min.{key}"),
+            "a dotted version such as \"14.4\"",
+        ) else {
             ok = false;
             continue;
         };
@@ -451,7 +505,11 @@ fn os_min(r: &mut Reader<'_>, v: &Value<'_>) -> Option<BTreeMap<Platform, OsVers
 
 /// Parses one `sources` entry: `any`, a CIDR or address, or `!` and a CIDR or address.
 /// IPv4-mapped IPv6 networks become IPv4 networks.
-pub fn parse_source(s: &str) -> Result<Source, String> {
+pub fn parse_source(s: &str) -> Result<Source, ValueError> {
+    parse_source_text(s).map_err(ValueError::Source)
+}
+
+fn parse_source_text(s: &str) -> Result<Source, String> {
     if s == "any" {
         return Ok(Source::Any);
     }
@@ -460,7 +518,9 @@ pub fn parse_source(s: &str) -> Result<Source, String> {
         None => (false, s),
     };
     if body == "any" {
-        return Err("\"!any\" would exclude every address; leave `sources` out or list networks".into());
+        return Err(
+            "\"!any\" would exclude every address; leave `sources` out or list networks".into(),
+        );
     }
     let net = parse_net(body)?;
     Ok(if exclude {
@@ -472,7 +532,9 @@ pub fn parse_source(s: &str) -> Result<Source, String> {
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
     let expected = || {
-        format!("expected \"any\", a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\", or \"!CIDR\" to exclude, found \"{s}\"")
+        format!(
+            "expected \"any\", a CIDR such as \"10.0.0.0/8\" or \"2001:db8::/32\", or \"!CIDR\" to exclude, found \"{s}\""
+        )
     };
     let net: IpNet = if s.contains('/') {
         s.parse().map_err(|_| expected())?
@@ -491,14 +553,12 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 
 /// IPv4-mapped IPv6 networks (inside `::ffff:0:0/96`) count as IPv4.
 pub(crate) fn canonical_net(net: IpNet) -> IpNet {
-    if let IpNet::V6(n) = net {
-        if n.prefix_len() >= 96 {
-            if let Some(v4) = n.addr().to_ipv4_mapped() {
-                if let Ok(v4net) = ipnet::Ipv4Net::new(v4, n.prefix_len() - 96) {
-                    return IpNet::V4(v4net);
-                }
-            }
-        }
+    if let IpNet::V6(n) = net
+        && n.prefix_len() >= 96
+        && let Some(v4) = n.addr().to_ipv4_mapped()
+        && let Ok(v4net) = ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+    {
+        return IpNet::V4(v4net);
     }
     net
 }
@@ -530,7 +590,11 @@ fn methods(r: &mut Reader<'_>, v: &Value<'_>) -> Option<Vec<String>> {
         } else {
             r.error(
                 item.span(),
-                unknown(&format!("HTTP method \"{}\"", item.get_ref()), &upper, METHODS),
+                unknown(
+                    &format!("HTTP method \"{}\"", item.get_ref()),
+                    &upper,
+                    METHODS,
+                ),
             );
             ok = false;
         }
@@ -539,12 +603,18 @@ fn methods(r: &mut Reader<'_>, v: &Value<'_>) -> Option<Vec<String>> {
 }
 
 /// Parses a path pattern (`/chart/*`, `/export/**`, `/room/{room}/**`).
-pub fn parse_path_pattern(s: &str) -> Result<PathPattern, String> {
+pub fn parse_path_pattern(s: &str) -> Result<PathPattern, ValueError> {
+    parse_path_pattern_text(s).map_err(ValueError::PathPattern)
+}
+
+fn parse_path_pattern_text(s: &str) -> Result<PathPattern, String> {
     let Some(rest) = s.strip_prefix('/') else {
         return Err(format!("a path pattern must start with `/`, found \"{s}\""));
     };
     if s.contains(['?', '#']) {
-        return Err(format!("a path pattern matches the path only (no `?` query or `#` fragment), found \"{s}\""));
+        return Err(format!(
+            "a path pattern matches the path only (no `?` query or `#` fragment), found \"{s}\""
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err("a path pattern must not contain control characters".into());
@@ -600,7 +670,9 @@ pub fn parse_path_pattern(s: &str) -> Result<PathPattern, String> {
         segments.push(seg);
     }
     if rooms > 1 {
-        return Err(format!("`{{room}}` may appear only once in a pattern, found \"{s}\""));
+        return Err(format!(
+            "`{{room}}` may appear only once in a pattern, found \"{s}\""
+        ));
     }
     Ok(PathPattern {
         text: s.to_string(),
@@ -648,7 +720,11 @@ fn day_error(s: &str) -> String {
 }
 
 /// Parses `days` as a string: `"mon-fri"`, a wrapping `"fri-mon"`, or one day `"sat"`.
-pub fn parse_day_range(s: &str) -> Result<Vec<Weekday>, String> {
+pub fn parse_day_range(s: &str) -> Result<Vec<Weekday>, ValueError> {
+    parse_day_range_text(s).map_err(ValueError::Days)
+}
+
+fn parse_day_range_text(s: &str) -> Result<Vec<Weekday>, String> {
     match s.split_once('-') {
         None => weekday(s).map(|d| vec![d]).ok_or_else(|| day_error(s)),
         Some((a, b)) => {
@@ -672,12 +748,21 @@ pub fn parse_day_range(s: &str) -> Result<Vec<Weekday>, String> {
 }
 
 /// Parses `"HH:MM-HH:MM"` into minutes after midnight. The end may be `24:00`.
-pub fn parse_time_range(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("`time` must be \"HH:MM-HH:MM\" (24-hour clock, such as \"06:00-21:00\" or overnight \"21:00-06:00\"), found \"{s}\"");
+pub fn parse_time_range(s: &str) -> Result<(u16, u16), ValueError> {
+    parse_time_range_text(s).map_err(ValueError::TimeRange)
+}
+
+fn parse_time_range_text(s: &str) -> Result<(u16, u16), String> {
+    let bad = || {
+        format!(
+            "`time` must be \"HH:MM-HH:MM\" (24-hour clock, such as \"06:00-21:00\" or overnight \"21:00-06:00\"), found \"{s}\""
+        )
+    };
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let hm = |t: &str, end: bool| -> Option<u16> {
         let (h, m) = t.split_once(':')?;
-        if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|c| c.is_ascii_digit()) {
+        if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|c| c.is_ascii_digit())
+        {
             return None;
         }
         let h: u16 = h.parse().ok()?;
@@ -719,7 +804,10 @@ fn hours(r: &mut Reader<'_>, v: &Value<'_>) -> Option<Hours> {
                         match weekday(item.get_ref()) {
                             Some(d) => days.push(d),
                             None => {
-                                r.error(item.span(), format!("`days`: {}", day_error(item.get_ref())));
+                                r.error(
+                                    item.span(),
+                                    format!("`days`: {}", day_error(item.get_ref())),
+                                );
                                 ok = false;
                             }
                         }
@@ -747,7 +835,7 @@ fn hours(r: &mut Reader<'_>, v: &Value<'_>) -> Option<Hours> {
             Some(s) => match parse_time_range(s) {
                 Ok(range) => Some(range),
                 Err(e) => {
-                    r.error(tv.span(), e);
+                    r.error(tv.span(), e.to_string());
                     ok = false;
                     None
                 }
@@ -814,6 +902,7 @@ fn hours(r: &mut Reader<'_>, v: &Value<'_>) -> Option<Hours> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -828,7 +917,9 @@ mod tests {
         assert_eq!(names("fri-mon"), ["fri", "sat", "sun", "mon"]);
         assert_eq!(names("sat"), ["sat"]);
         assert!(parse_day_range("mon-mon").is_err());
-        assert!(parse_day_range("mon-fry").is_err_and(|e| e.contains("did you mean `fri`")));
+        assert!(
+            parse_day_range("mon-fry").is_err_and(|e| e.to_string().contains("did you mean `fri`"))
+        );
     }
 
     #[test]
@@ -836,7 +927,16 @@ mod tests {
         assert_eq!(parse_time_range("06:00-21:00"), Ok((360, 1260)));
         assert_eq!(parse_time_range("21:00-06:00"), Ok((1260, 360)));
         assert_eq!(parse_time_range("00:00-24:00"), Ok((0, 1440)));
-        for bad in ["6:00-21:00", "06:00", "06:00-21:60", "24:00-06:00", "06:00-24:01", "09:00-09:00", "ab:cd-ef:gh", "06:00 - 21:00"] {
+        for bad in [
+            "6:00-21:00",
+            "06:00",
+            "06:00-21:60",
+            "24:00-06:00",
+            "06:00-24:01",
+            "09:00-09:00",
+            "ab:cd-ef:gh",
+            "06:00 - 21:00",
+        ] {
             assert!(parse_time_range(bad).is_err(), "{bad}");
         }
     }
@@ -844,7 +944,10 @@ mod tests {
     #[test]
     fn sources_parse() {
         assert_eq!(parse_source("any"), Ok(Source::Any));
-        assert!(matches!(parse_source("!10.0.0.0/8"), Ok(Source::Exclude(_))));
+        assert!(matches!(
+            parse_source("!10.0.0.0/8"),
+            Ok(Source::Exclude(_))
+        ));
         assert_eq!(
             parse_source("::ffff:10.0.0.0/104").map(|s| s.to_string()),
             Ok("10.0.0.0/8".to_string())
@@ -853,7 +956,7 @@ mod tests {
             parse_source("10.1.2.3").map(|s| s.to_string()),
             Ok("10.1.2.3/32".to_string())
         );
-        assert!(parse_source("10.0.0.1/8").is_err_and(|e| e.contains("10.0.0.0/8")));
+        assert!(parse_source("10.0.0.1/8").is_err_and(|e| e.message().contains("10.0.0.0/8")));
         assert!(parse_source("10.0.0.0/33").is_err());
         assert!(parse_source("!any").is_err());
         assert!(parse_source("anywhere").is_err());
@@ -865,7 +968,17 @@ mod tests {
         assert!(parse_path_pattern("/room/{room}/**").is_ok());
         assert!(parse_path_pattern("/").is_ok());
         assert!(parse_path_pattern("/**").is_ok());
-        for bad in ["export", "/a/**/b", "/a*", "/{rom}", "/{room}/{room}", "/a//b", "/a/../b", "/a%2Fb", "/a?x=1"] {
+        for bad in [
+            "export",
+            "/a/**/b",
+            "/a*",
+            "/{rom}",
+            "/{room}/{room}",
+            "/a//b",
+            "/a/../b",
+            "/a%2Fb",
+            "/a?x=1",
+        ] {
             assert!(parse_path_pattern(bad).is_err(), "{bad}");
         }
     }

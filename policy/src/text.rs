@@ -440,6 +440,26 @@ fn describe(v: &DeValue<'_>) -> String {
     }
 }
 
+/// Byte offset → 1-based line, in O(log lines) after one pass over the text.
+#[derive(Debug, Clone)]
+pub struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// Indexes the line starts of `text`.
+    pub fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    /// The 1-based line holding byte offset `at`.
+    pub fn line(&self, at: usize) -> usize {
+        self.starts.partition_point(|&s| s <= at).max(1)
+    }
+}
+
 /// Turns a byte offset into a diagnostic with 1-based line and column.
 pub fn position(file: &str, text: &str, at: usize, message: String) -> Diagnostic {
     let at = at.min(text.len());

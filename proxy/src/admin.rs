@@ -53,7 +53,51 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), want.as_bytes()).is_ok()
 }
 
-fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Largest policy text the admin API accepts.
+const MAX_POLICY_BYTES: usize = 4 << 20;
+
+async fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/admin/v1/policy" && authorized(shared, &req) {
+        return apply_policy(shared, req).await;
+    }
+    admin_get(shared, &req)
+}
+
+/// `POST /admin/v1/policy` (body: the policy text): validate, test, write, swap.
+async fn apply_policy(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != http::Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "POST the policy text\n",
+        );
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_POLICY_BYTES);
+    let body = match http_body_util::BodyExt::collect(limited).await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                PLAIN,
+                "policy too large or unreadable\n",
+            );
+        }
+    };
+    let Ok(policy_text) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, PLAIN, "policy is not UTF-8\n");
+    };
+    match crate::policy::apply(shared, policy_text) {
+        Ok(version) => text(
+            StatusCode::OK,
+            "application/json",
+            format!("{{\"applied\":true,\"version\":\"{version}\"}}"),
+        ),
+        Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, PLAIN, format!("{e}\n")),
+    }
+}
+
+fn admin_get(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
@@ -86,11 +130,16 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                         .iter()
                         .map(|r| format!("\"{}\"", r.cfg.name))
                         .collect();
+                    let policy = shared
+                        .policy
+                        .load()
+                        .as_ref()
+                        .map_or("null".to_string(), |p| format!("\"{}\"", p.version()));
                     text(
                         StatusCode::OK,
                         "application/json",
                         format!(
-                            "{{\"version\":\"{}\",\"ready\":{},\"routes\":[{}]}}",
+                            "{{\"version\":\"{}\",\"ready\":{},\"routes\":[{}],\"policy\":{policy}}}",
                             env!("CARGO_PKG_VERSION"),
                             shared.ready.load(Ordering::Relaxed),
                             routes.join(",")
@@ -113,8 +162,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let resp = admin(&shared, &req);
-                async move { Ok::<_, Infallible>(resp) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(admin(&shared, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())

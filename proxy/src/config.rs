@@ -34,6 +34,19 @@ pub struct Config {
     pub log: LogConfig,
     /// `[limits]`.
     pub limits: Limits,
+    /// `[policy]`: without it, only `public` routes are reachable.
+    pub policy: Option<PolicyConfig>,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// The policy file (watched; `dermgate policy apply` rewrites it).
+    pub file: PathBuf,
+    /// Policy tests run before every apply; a failing policy is not applied.
+    pub tests: Option<PathBuf>,
+    /// How long a break-the-glass elevation lasts.
+    pub break_glass_for: Duration,
 }
 
 /// `[listen]`.
@@ -200,10 +213,9 @@ pub enum ConfigError {
 }
 
 // The document's sections: (section, keys built now, keys of DESIGN.md not built yet).
-const TOP: &[&str] = &["listen", "tls", "route", "log", "limits"];
-const TOP_NOT_YET: &[&str] = &[
-    "oidc", "session", "keys", "store", "policy", "audit", "alerts",
-];
+const TOP: &[&str] = &["listen", "tls", "route", "log", "limits", "policy"];
+const TOP_NOT_YET: &[&str] = &["oidc", "session", "keys", "store", "audit", "alerts"];
+const POLICY: &[&str] = &["file", "tests", "break_glass_for"];
 const LISTEN: &[&str] = &[
     "addr",
     "admin",
@@ -256,7 +268,6 @@ const NOT_YET_SECTIONS: &[(&str, &[&str])] = &[
     ("session", &["auth_host", "idle", "absolute", "keys_file"]),
     ("keys", &["dir"]),
     ("store", &["kind", "path", "url"]),
-    ("policy", &["file", "tests", "break_glass_for"]),
     ("audit", &["file", "sync", "retain", "syslog"]),
     ("alerts", &["export_bytes", "export_window", "webhook"]),
 ];
@@ -298,6 +309,13 @@ impl Config {
         match cfg {
             Some(mut cfg) if diags.is_empty() => {
                 cfg.file = path.to_path_buf();
+                // The policy is part of the configuration: its errors (with its own
+                // file:line:column) refuse the configuration too.
+                if let Some(p) = &cfg.policy
+                    && let Err(e) = crate::policy::load(p, None, &cfg.route_names())
+                {
+                    return Err(e.into_diagnostics(&file));
+                }
                 Ok(cfg)
             }
             _ => Err(if diags.is_empty() {
@@ -313,9 +331,38 @@ impl Config {
         }
     }
 
-    /// What an operator should know at start: public routes, plaintext upstreams.
+    /// Route names, for validating policy files.
+    pub fn route_names(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// What an operator should know at start: public routes, plaintext upstreams,
+    /// allow rules on protected routes that need neither MFA nor a visit room.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        if let Some(p) = &self.policy
+            && let Ok(policy) = crate::policy::load(p, None, &self.route_names())
+        {
+            for rule in policy.rules() {
+                let weak = rule.effect == dermgate_policy::Effect::Allow
+                    && rule.mfa_max_age.is_none()
+                    && !rule.visit_room_own;
+                let protected: Vec<&str> = self
+                    .routes
+                    .iter()
+                    .filter(|r| !r.public)
+                    .filter(|r| rule.routes.as_ref().is_none_or(|rs| rs.contains(&r.name)))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                if weak && !protected.is_empty() {
+                    w.push(format!(
+                        "policy rule `{}` allows protected route(s) {} without MFA or a visit room",
+                        rule.name,
+                        protected.join(", ")
+                    ));
+                }
+            }
+        }
         for r in &self.routes {
             if r.public {
                 w.push(format!(
@@ -390,6 +437,10 @@ impl Validator<'_> {
             None => Some(Limits::default()),
             Some(v) => self.r.table(v, "limits").map(|t| self.limits(t)),
         };
+        let policy = match doc.get("policy") {
+            None => Some(None),
+            Some(v) => self.r.table(v, "policy").map(|t| self.policy(t, v.span())),
+        };
         let routes = self.routes(doc, span);
         let tls = tls?;
         let routes = routes?;
@@ -408,6 +459,31 @@ impl Validator<'_> {
             routes,
             log: log?,
             limits: limits?,
+            policy: policy?,
+        })
+    }
+
+    fn policy(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<PolicyConfig> {
+        self.r.check_keys(t, "[policy]", POLICY, &[]);
+        let file = self
+            .r
+            .required(
+                t,
+                at,
+                "[policy]",
+                "file",
+                "the policy file, e.g. \"policy.toml\"",
+            )
+            .and_then(|v| self.existing_file(v, "file"));
+        let tests = t.get("tests").and_then(|v| self.existing_file(v, "tests"));
+        let break_glass_for = match t.get("break_glass_for") {
+            Some(v) => self.r.duration(v, "break_glass_for")?,
+            None => Duration::from_secs(3600),
+        };
+        Some(PolicyConfig {
+            file: file?,
+            tests,
+            break_glass_for,
         })
     }
 
@@ -540,6 +616,7 @@ impl Validator<'_> {
         };
         if let (Some(a), Some(v)) = (admin, t.get("admin"))
             && Some(a) == addr
+            && a.port() != 0
         {
             self.r.error(v.span(), "`admin` must differ from `addr`");
         }

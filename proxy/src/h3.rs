@@ -178,7 +178,7 @@ async fn request(
                     send.send_data(data).await?;
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     send.finish().await?;

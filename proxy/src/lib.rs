@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pages;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy_protocol;
 pub mod route;
 pub mod server;

@@ -7,7 +7,7 @@
 //! innocent clients are rarely over-counted. Fixed memory, no allocation, no
 //! lock, whatever the number of attackers.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +28,7 @@ impl Keys {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        self.0.each_ref().map(|k| {
-            let mut h = k.build_hasher();
-            ip.hash(&mut h);
-            (h.finish() as usize) % WIDTH
-        })
+        self.0.each_ref().map(|k| (k.hash_one(ip) as usize) % WIDTH)
     }
 }
 

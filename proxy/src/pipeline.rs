@@ -24,7 +24,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::canonical::{self, CanonicalPath};
-use crate::config::{Config, Limits, Listen, RouteConfig};
+use crate::config::{Config, Limits, Listen, PolicyConfig, RouteConfig};
 use crate::forward::{self, ForwardError, Inbound, ResponseBody, UpstreamPool};
 use crate::limits::{ConnectionLimiter, RateLimiter};
 use crate::metrics::Metrics;
@@ -135,14 +135,32 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The admin API token, if configured.
     pub admin_token: Option<String>,
+    /// The running policy (`None`: no `[policy]`, only public routes are reachable).
+    pub policy: arc_swap::ArcSwapOption<dermgate_policy::CompiledPolicy>,
+    /// `[policy]`.
+    pub policy_cfg: Option<PolicyConfig>,
     started: Instant,
     next_id: AtomicU64,
     id_salt: u64,
 }
 
 impl Shared {
-    /// Compiles `cfg` into the first snapshot.
-    pub fn new(cfg: &Config, alt_svc_port: Option<u16>) -> Result<Self, TlsError> {
+    /// Route names of the running snapshot (for validating policies).
+    pub fn route_names(&self) -> Vec<String> {
+        self.snapshot
+            .load()
+            .list
+            .iter()
+            .map(|r| r.cfg.name.clone())
+            .collect()
+    }
+
+    /// Compiles `cfg` into the first snapshot and loads its policy.
+    pub fn new(cfg: &Config, alt_svc_port: Option<u16>) -> Result<Self, StartError> {
+        let policy = match &cfg.policy {
+            Some(p) => Some(Arc::new(crate::policy::load(p, None, &cfg.route_names())?)),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let snapshot = Snapshot::compile(cfg, &metrics)?;
         let id_salt = std::time::SystemTime::now()
@@ -167,11 +185,24 @@ impl Shared {
                 .and_then(|p| HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok()),
             ready: AtomicBool::new(false),
             admin_token,
+            policy: arc_swap::ArcSwapOption::new(policy),
+            policy_cfg: cfg.policy.clone(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             id_salt,
         })
     }
+}
+
+/// Why the shared state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// TLS material for an upstream was refused.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// The policy was refused.
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Who is asking. Until identity lands, only anonymous requests exist.
@@ -301,7 +332,7 @@ async fn decide_and_forward(
     req: Request<Inbound>,
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
-    let outcome = identify(&mut ctx).and_then(|()| decide(&ctx));
+    let outcome = identify(&mut ctx).and_then(|()| decide(shared, &ctx, &method).map(|_| ()));
     let resp = match outcome {
         Ok(()) => {
             audit_decision(&ctx, &method);
@@ -431,35 +462,74 @@ fn route<'c>(
     })
 }
 
-/// Stage 2: who is asking. Public routes need no identity; until identity is
-/// configured, every other route is refused (never forwarded).
+/// Stage 2: who is asking. Until sign-in lands every request is anonymous;
+/// policy decides what anonymous requests may reach (only rules that ask for
+/// no identity facts can match them).
 fn identify(ctx: &mut RequestCtx<'_>) -> Result<(), Refused> {
-    let public = ctx.route.as_ref().is_some_and(|r| r.cfg.public);
-    if public {
-        ctx.identity = Identity::Anonymous;
-        return Ok(());
-    }
-    Err(Refused {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        title: "Identity not configured",
-        detail: "Sign-in is not configured on this gateway yet, so this protected site cannot be reached. Contact your administrator.",
-        reason: "identity_not_configured",
-    })
+    ctx.identity = Identity::Anonymous;
+    Ok(())
 }
 
-/// Stage 3: may this identity reach this route? Fail closed: only what is
-/// explicitly allowed passes. Public routes are allowed; identify() has
-/// already refused everything else. WebSocket only where the route allows it.
-fn decide(ctx: &RequestCtx<'_>) -> Result<(), Refused> {
+/// Stage 3: may this request reach this route? Fail closed: public routes
+/// pass; every other route is decided by the compiled policy, and without a
+/// policy it is refused (never forwarded). WebSocket only where the route
+/// allows it.
+fn decide(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    method: &Method,
+) -> Result<Option<&'static str>, Refused> {
     let Some(r) = &ctx.route else {
         return Err(DEFAULT_DENY);
     };
     if ctx.websocket.is_some() && !r.cfg.websocket {
         return Err(WEBSOCKET_NOT_ALLOWED);
     }
-    match ctx.identity {
-        Identity::Anonymous if r.cfg.public => Ok(()),
-        Identity::Anonymous => Err(DEFAULT_DENY),
+    if r.cfg.public {
+        return Ok(None);
+    }
+    let guard = shared.policy.load();
+    let Some(policy) = guard.as_ref() else {
+        return Err(Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            title: "Access policy not configured",
+            detail: "This protected site has no access policy on this gateway yet, so it cannot be reached. Contact your administrator.",
+            reason: "identity_not_configured",
+        });
+    };
+    let facts = dermgate_policy::RequestFacts {
+        route: &r.cfg.name,
+        method: method.as_str(),
+        path: &ctx.path.decoded,
+        source: ctx.client,
+        user: None,
+        groups: &[],
+        claims: None,
+        mfa_age: None,
+        time: dermgate_policy::Timestamp::now(),
+        device: None,
+        visit_room: None,
+        break_glass: false,
+    };
+    match policy.evaluate(&facts) {
+        dermgate_policy::Decision::Allow { .. } => Ok(None),
+        denied => {
+            let reason = denied
+                .reason()
+                .unwrap_or(dermgate_policy::DenyReason::NotPermitted);
+            tracing::info!(
+                id = format_args!("{:016x}", ctx.id),
+                rule = denied.rule(),
+                policy = policy.version(),
+                "policy denied"
+            );
+            Err(Refused {
+                status: StatusCode::FORBIDDEN,
+                title: reason.message(),
+                detail: reason.remedy(),
+                reason: reason.code(),
+            })
+        }
     }
 }
 

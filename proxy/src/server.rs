@@ -39,6 +39,9 @@ pub enum ServeError {
     /// TLS material was refused.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The policy was refused.
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -92,7 +95,10 @@ impl Proxy {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(cfg, alt_svc_port)?);
+        let shared = Arc::new(Shared::new(cfg, alt_svc_port).map_err(|e| match e {
+            pipeline::StartError::Tls(e) => ServeError::Tls(e),
+            pipeline::StartError::Policy(e) => ServeError::Policy(e),
+        })?);
         Ok(Self {
             cfg: Arc::new(cfg.clone()),
             listener,
@@ -141,6 +147,7 @@ impl Proxy {
         }
         tasks.spawn(watch_certs(self.cfg.clone(), self.resolver.clone()));
         tasks.spawn(crate::health::run(self.shared.clone()));
+        tasks.spawn(crate::policy::watch(self.shared.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -307,6 +314,14 @@ async fn connection(
     };
     shared.metrics.connection(proto.index(), -1);
     if let Err(e) = result {
+        // Requests hyper refused before they reached the pipeline are counted here.
+        if e.is_parse_too_large() {
+            shared.metrics.refused("header_too_large");
+        } else if e.is_parse() || e.is_parse_status() {
+            shared.metrics.refused("malformed_request");
+        } else if e.is_timeout() {
+            shared.metrics.refused("header_timeout");
+        }
         tracing::debug!(src = %client.ip(), error = %e, "connection ended with an error");
     }
 }

@@ -244,6 +244,9 @@ async fn h2_ambiguity_is_refused() {
     assert!(up.seen().is_empty());
 }
 
+/// A check on what the upstream received.
+type SeenCheck = dyn Fn(&Seen) -> Result<(), String>;
+
 fn target_is(want: &'static str) -> impl Fn(&Seen) -> Result<(), String> {
     move |s| {
         if s.target == want {
@@ -291,7 +294,7 @@ async fn neutralised_requests_reach_the_upstream_canonical() {
     let certs = Certs::new();
     let up = Upstream::start(&certs).await;
     let proxy = Proxy::start(&certs, &public_config(up.addr, ""));
-    let cases: Vec<(&str, &str, Box<dyn Fn(&Seen) -> Result<(), String>>)> = vec![
+    let cases: Vec<(&str, &str, Box<SeenCheck>)> = vec![
         (
             "dot segments and duplicate slashes",
             "GET /a//b/./c/../d HTTP/1.1\r\nHost: localhost",

@@ -10,5 +10,6 @@ mod common;
 mod dataplane;
 mod forwarding;
 mod operations;
+mod policy;
 mod streaming;
 mod tls;

@@ -149,11 +149,12 @@ impl Proxy {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("dermgate listening on https://") {
-                    if let Some(tx) = tx.take() {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let _ = tx.send(addr);
-                    }
+                if let Some(rest) = line.strip_prefix("dermgate listening on https://")
+                    && rest.ends_with("(tcp)")
+                    && let Some(tx) = tx.take()
+                {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
                 }
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);

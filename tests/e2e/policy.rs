@@ -1,0 +1,214 @@
+//! The segmentation policy in the running proxy: protected routes are decided
+//! by the compiled policy; `dermgate policy allow` + `dermgate policy apply`
+//! change the running decision without a restart; an invalid apply (or file
+//! edit) is refused and the running policy stays.
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::common::*;
+
+const POLICY: &str = r#"# Clinic policy (comments must survive CLI edits).
+[[rule]]
+name = "clinic-lan-only"
+effect = "allow"
+routes = ["app"]
+sources = ["10.0.0.0/8"]   # the clinic LAN
+
+[[rule]]
+name = "no-export"
+effect = "deny"
+routes = ["app"]
+paths = ["/export/**"]
+"#;
+
+fn dermgate(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("panicked"), "{text}");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+async fn get(
+    h2: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    path: &str,
+    accept: &str,
+) -> (u16, String) {
+    let resp = h2
+        .send_request(
+            Request::get(format!("https://localhost{path}"))
+                .header("accept", accept)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, body_string(resp).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_decides_and_apply_changes_it_without_restart() {
+    install_provider();
+    let certs = Certs::new();
+    let up = Upstream::start(&certs).await;
+    let dir = TempDir::new("policy");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "s3cret-admin-token\n").unwrap();
+    let cfg = format!(
+        r#"[listen]
+addr = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+admin_token_file = "{token}"
+
+[tls]
+cert = "{{cert}}"
+key = "{{key}}"
+
+[policy]
+file = "{policy}"
+
+[[route]]
+name = "app"
+host = "localhost"
+upstreams = ["https://{up}"]
+upstream_ca = "{{ca}}"
+"#,
+        token = token.display(),
+        policy = policy.display(),
+        up = up.addr,
+    );
+    let proxy = Proxy::start(&certs, &cfg);
+    // The CLI needs the real admin address: write the config it reads.
+    let admin = wait_for_line(&proxy, "dermgate admin on http://");
+    let cli_cfg = dir.path().join("cli.toml");
+    std::fs::write(
+        &cli_cfg,
+        cfg.replace("admin = \"127.0.0.1:0\"", &format!("admin = \"{admin}\""))
+            .replace("{cert}", &certs.server_cert().display().to_string())
+            .replace("{key}", &certs.server_key().display().to_string())
+            .replace("{ca}", &certs.ca().display().to_string()),
+    )
+    .unwrap();
+    let mut h2 = h2_client(proxy.addr, &certs.ca()).await;
+
+    // Not from the clinic LAN: denied with a reason and a remedy, never forwarded.
+    let (s, body) = get(&mut h2, "/chart/42", "application/json").await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("network"), "reason names the network: {body}");
+    let (s, body) = get(&mut h2, "/chart/42", "text/html").await;
+    assert_eq!(s, 403);
+    assert!(body.contains("<!doctype html>"), "{body}");
+    assert!(up.seen().is_empty());
+
+    // An admin allows loopback with the CLI, then applies it to the running proxy.
+    let p = policy.display().to_string();
+    let (code, out) = dermgate(&[
+        "policy",
+        "allow",
+        &p,
+        "--rule",
+        "loopback-ops",
+        "--route",
+        "app",
+        "--source",
+        "127.0.0.0/8",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let edited = std::fs::read_to_string(&policy).unwrap();
+    assert!(
+        edited.contains("# the clinic LAN"),
+        "comments kept:\n{edited}"
+    );
+    let (code, out) = dermgate(&[
+        "policy",
+        "apply",
+        &p,
+        "--config",
+        &cli_cfg.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (s, body) = get(&mut h2, "/chart/42", "application/json").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(up.seen().len(), 1);
+    // Deny still overrides allow.
+    let (s, _) = get(&mut h2, "/export/all", "application/json").await;
+    assert_eq!(s, 403);
+
+    // An invalid policy is refused by apply (exit 1, with file:line:column) and the running one stays.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"x\"\neffect = \"alow\"\nroutes = [\"ap\"]\n",
+    )
+    .unwrap();
+    let (code, out) = dermgate(&[
+        "policy",
+        "apply",
+        &bad.display().to_string(),
+        "--config",
+        &cli_cfg.display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(":3:"), "position of the bad effect: {out}");
+    let (s, _) = get(&mut h2, "/chart/43", "application/json").await;
+    assert_eq!(s, 200, "the running policy must stay after a refused apply");
+    assert_eq!(
+        std::fs::read_to_string(&policy).unwrap(),
+        edited,
+        "a refused apply must not touch the file"
+    );
+
+    // A broken edit of the watched file is refused too; a good edit is picked up.
+    std::fs::write(&policy, "[[rule]\nname = ").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (s, _) = get(&mut h2, "/chart/44", "application/json").await;
+    assert_eq!(s, 200, "a broken file must not replace the running policy");
+    assert!(proxy.log().contains("policy refused"), "{}", proxy.log());
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut denied = false;
+    for _ in 0..50 {
+        let (s, _) = get(&mut h2, "/chart/45", "application/json").await;
+        if s == 403 {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(denied, "a valid edit of the policy file was not picked up");
+
+    // Without a token the admin API refuses to apply.
+    let (code, out) = dermgate(&[
+        "policy",
+        "apply",
+        &p,
+        "--config",
+        &cli_cfg
+            .display()
+            .to_string()
+            .replace("cli.toml", "missing.toml"),
+    ]);
+    assert_ne!(code, 0, "{out}");
+}
+
+/// Waits for a stderr line starting with `prefix` and returns the rest (first word).
+fn wait_for_line(proxy: &Proxy, prefix: &str) -> String {
+    for _ in 0..100 {
+        if let Some(l) = proxy.log().lines().find(|l| l.starts_with(prefix)) {
+            return l[prefix.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no line {prefix:?} in:\n{}", proxy.log());
+}
