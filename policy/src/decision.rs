@@ -169,6 +169,23 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every reason (for metrics labels and documentation).
+    pub const ALL: [DenyReason; 13] = [
+        DenyReason::LoginRequired,
+        DenyReason::MfaRequired,
+        DenyReason::Device(DeviceFailure::Unknown),
+        DenyReason::Device(DeviceFailure::NotManaged),
+        DenyReason::Device(DeviceFailure::DiskNotEncrypted),
+        DenyReason::Device(DeviceFailure::NoScreenLock),
+        DenyReason::Device(DeviceFailure::CheckinStale),
+        DenyReason::Device(DeviceFailure::OsNotAllowed),
+        DenyReason::Device(DeviceFailure::OsOutdated),
+        DenyReason::OutsideHours,
+        DenyReason::NetworkNotAllowed,
+        DenyReason::BreakGlassRequired,
+        DenyReason::NotPermitted,
+    ];
+
     /// A stable machine-readable code (audit records, JSON error bodies).
     pub fn code(self) -> &'static str {
         match self {
@@ -364,6 +381,35 @@ impl fmt::Display for Decision<'_> {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_code_message_and_remedy() {
+        let mut codes: Vec<&str> = DenyReason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), DenyReason::ALL.len());
+        for r in DenyReason::ALL {
+            // A new variant must be added to ALL: this match fails to compile otherwise.
+            match r {
+                DenyReason::LoginRequired
+                | DenyReason::MfaRequired
+                | DenyReason::Device(_)
+                | DenyReason::OutsideHours
+                | DenyReason::NetworkNotAllowed
+                | DenyReason::BreakGlassRequired
+                | DenyReason::NotPermitted => {}
+            }
+            assert!(r.remedy().ends_with('.'));
+            assert!(!r.message().is_empty());
+            assert_eq!(serde_json::to_value(r).unwrap(), r.code());
         }
     }
 }

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod admin;
+pub mod break_glass;
 pub mod canonical;
 pub mod certs;
 pub mod config;

@@ -47,6 +47,7 @@ pub const REASONS: &[&str] = &[
     "bad_content_length",
     "method_not_allowed",
     "no_route",
+    "reserved_path",
     "identity_not_configured",
     "default_deny",
     "login_required",

@@ -10,6 +10,7 @@
 //! `ArcSwap`: no lock is taken on the hot path, and a reload swaps the whole
 //! snapshot.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -139,6 +140,8 @@ pub struct Shared {
     pub policy: arc_swap::ArcSwapOption<dermgate_policy::CompiledPolicy>,
     /// `[policy]`.
     pub policy_cfg: Option<PolicyConfig>,
+    /// Open break-the-glass elevations.
+    pub elevations: crate::break_glass::Elevations,
     started: Instant,
     next_id: AtomicU64,
     id_salt: u64,
@@ -187,6 +190,7 @@ impl Shared {
             admin_token,
             policy: arc_swap::ArcSwapOption::new(policy),
             policy_cfg: cfg.policy.clone(),
+            elevations: Default::default(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             id_salt,
@@ -210,6 +214,15 @@ pub enum StartError {
 pub enum Identity {
     /// No credentials were presented or needed.
     Anonymous,
+}
+
+impl Identity {
+    /// The authenticated subject, if any.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Self::Anonymous => None,
+        }
+    }
 }
 
 /// A WebSocket handshake, by protocol.
@@ -246,46 +259,50 @@ pub struct RequestCtx<'c> {
 }
 
 /// A request ended by the proxy, with what the user is told.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Refused {
     /// HTTP status.
     pub status: StatusCode,
     /// What happened.
     pub title: &'static str,
     /// What the user can do.
-    pub detail: &'static str,
+    pub detail: Cow<'static, str>,
     /// Stable label for logs and metrics.
     pub reason: &'static str,
 }
 
 impl Refused {
     fn page(self, html: bool) -> Response<ProxyBody> {
-        pages::page(self.status, self.title, self.detail, html).map(Either::Right)
+        pages::page(self.status, self.title, &self.detail, html).map(Either::Right)
     }
 }
 
 const RATE_LIMITED: Refused = Refused {
     status: StatusCode::TOO_MANY_REQUESTS,
     title: "Too many requests",
-    detail: "Too many requests came from your address in the last minute. Wait a minute and try again.",
+    detail: Cow::Borrowed(
+        "Too many requests came from your address in the last minute. Wait a minute and try again.",
+    ),
     reason: "rate_limited",
 };
 const HEADER_TOO_LARGE: Refused = Refused {
     status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
     title: "Request headers too large",
-    detail: "The request's headers are larger than this gateway accepts. Clearing this site's cookies may help.",
+    detail: Cow::Borrowed(
+        "The request's headers are larger than this gateway accepts. Clearing this site's cookies may help.",
+    ),
     reason: "header_too_large",
 };
 const BODY_TOO_LARGE: Refused = Refused {
     status: StatusCode::PAYLOAD_TOO_LARGE,
     title: "Upload too large",
-    detail: "The upload is larger than this site accepts.",
+    detail: Cow::Borrowed("The upload is larger than this site accepts."),
     reason: "body_too_large",
 };
 const WEBSOCKET_NOT_ALLOWED: Refused = Refused {
     status: StatusCode::FORBIDDEN,
     title: "Not available here",
-    detail: "Live connections (WebSocket) are not permitted on this site.",
+    detail: Cow::Borrowed("Live connections (WebSocket) are not permitted on this site."),
     reason: "websocket_not_allowed",
 };
 
@@ -296,6 +313,9 @@ where
 {
     let start = Instant::now();
     let req = req.map(Into::into);
+    if req.uri().path() == "/.dermgate/break-glass" {
+        return crate::break_glass::handle(shared, conn, &Identity::Anonymous, req).await;
+    }
     let html = pages::wants_html(req.headers());
     let snapshot = shared.snapshot.load();
     let mut resp = match route(shared, &snapshot, conn, &req, start, html) {
@@ -340,7 +360,7 @@ async fn decide_and_forward(
         }
         Err(refused) => {
             shared.metrics.refused(refused.reason);
-            audit_refusal(&ctx, &method, refused);
+            audit_refusal(&ctx, &method, &refused);
             refused.page(ctx.html)
         }
     };
@@ -434,9 +454,20 @@ fn route<'c>(
             StatusCode::BAD_REQUEST
         },
         title: "Bad request",
-        detail: r.message(),
+        detail: Cow::Borrowed(r.message()),
         reason: r.label(),
     })?;
+    // The proxy's own endpoints live under /.dermgate/ on every host; nothing
+    // there is ever forwarded.
+    let p = canon.path.decoded.as_str();
+    if p == "/.dermgate" || p.starts_with("/.dermgate/") {
+        return Err(Refused {
+            status: StatusCode::NOT_FOUND,
+            title: "Not found",
+            detail: Cow::Borrowed("This gateway page does not exist."),
+            reason: "reserved_path",
+        });
+    }
     let route = snapshot
         .routes
         .lookup(&canon.host, &canon.path.decoded)
@@ -444,7 +475,7 @@ fn route<'c>(
         .ok_or(Refused {
             status: StatusCode::NOT_FOUND,
             title: "No such site",
-            detail: "This address is not served here. Check the link you followed.",
+            detail: Cow::Borrowed("This address is not served here. Check the link you followed."),
             reason: "no_route",
         })?;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed) ^ shared.id_salt;
@@ -493,16 +524,18 @@ fn decide(
         return Err(Refused {
             status: StatusCode::SERVICE_UNAVAILABLE,
             title: "Access policy not configured",
-            detail: "This protected site has no access policy on this gateway yet, so it cannot be reached. Contact your administrator.",
+            detail: Cow::Borrowed(
+                "This protected site has no access policy on this gateway yet, so it cannot be reached. Contact your administrator.",
+            ),
             reason: "identity_not_configured",
         });
     };
-    let facts = dermgate_policy::RequestFacts {
+    let mut facts = dermgate_policy::RequestFacts {
         route: &r.cfg.name,
         method: method.as_str(),
         path: &ctx.path.decoded,
         source: ctx.client,
-        user: None,
+        user: ctx.identity.subject(),
         groups: &[],
         claims: None,
         mfa_age: None,
@@ -511,8 +544,32 @@ fn decide(
         visit_room: None,
         break_glass: false,
     };
-    match policy.evaluate(&facts) {
-        dermgate_policy::Decision::Allow { .. } => Ok(None),
+    let mut decision = policy.evaluate(&facts);
+    // Only when a break-the-glass rule would help is the elevation table consulted.
+    if decision.break_glass_available()
+        && let Some(sub) = ctx.identity.subject()
+        && shared.elevations.active(sub, &r.cfg.name, Instant::now())
+    {
+        facts.break_glass = true;
+        decision = policy.evaluate(&facts);
+    }
+    match decision {
+        dermgate_policy::Decision::Allow { rule, break_glass } => {
+            if break_glass {
+                tracing::warn!(
+                    target: "dermgate::audit",
+                    event = "break_glass_use",
+                    alert = true,
+                    id = format_args!("{:016x}", ctx.id),
+                    sub = ctx.identity.subject().unwrap_or(""),
+                    route = r.cfg.name.as_str(),
+                    rule,
+                    path = %ctx.path.decoded,
+                    "request allowed by break-the-glass"
+                );
+            }
+            Ok(None)
+        }
         denied => {
             let reason = denied
                 .reason()
@@ -523,20 +580,37 @@ fn decide(
                 policy = policy.version(),
                 "policy denied"
             );
+            let mut detail = capitalised(reason.message());
+            detail.push_str(". ");
+            detail.push_str(reason.remedy());
+            if denied.break_glass_available() {
+                detail.push_str(&format!(
+                    " In an emergency, request break-the-glass access at /.dermgate/break-glass?route={}",
+                    r.cfg.name
+                ));
+            }
             Err(Refused {
                 status: StatusCode::FORBIDDEN,
-                title: reason.message(),
-                detail: reason.remedy(),
+                title: "Access denied",
+                detail: Cow::Owned(detail),
                 reason: reason.code(),
             })
         }
     }
 }
 
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 const DEFAULT_DENY: Refused = Refused {
     status: StatusCode::FORBIDDEN,
     title: "Not permitted",
-    detail: "You are not permitted to reach this site.",
+    detail: Cow::Borrowed("You are not permitted to reach this site."),
     reason: "default_deny",
 };
 
@@ -557,7 +631,7 @@ fn audit_decision(ctx: &RequestCtx<'_>, method: &Method) {
     );
 }
 
-fn audit_refusal(ctx: &RequestCtx<'_>, method: &Method, refused: Refused) {
+fn audit_refusal(ctx: &RequestCtx<'_>, method: &Method, refused: &Refused) {
     tracing::info!(
         id = format_args!("{:016x}", ctx.id),
         src = %ctx.client,
@@ -616,7 +690,7 @@ async fn forward(
                         Refused {
                             status: StatusCode::BAD_GATEWAY,
                             title: "The live connection could not be opened",
-                            detail: "The site behind this gateway refused the live connection. Try again in a moment.",
+                            detail: Cow::Borrowed("The site behind this gateway refused the live connection. Try again in a moment."),
                             reason: "upstream_unavailable",
                         }
                         .page(ctx.html)
@@ -649,19 +723,25 @@ async fn forward(
                 ForwardError::Timeout => Refused {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     title: "The service took too long to answer",
-                    detail: "The site behind this gateway did not answer in time. Try again in a moment.",
+                    detail: Cow::Borrowed(
+                        "The site behind this gateway did not answer in time. Try again in a moment.",
+                    ),
                     reason: "upstream_timeout",
                 },
                 ForwardError::NoHealthy => Refused {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     title: "The service is unavailable",
-                    detail: "The site behind this gateway is out of service right now. Try again in a few minutes; if it persists, contact your administrator.",
+                    detail: Cow::Borrowed(
+                        "The site behind this gateway is out of service right now. Try again in a few minutes; if it persists, contact your administrator.",
+                    ),
                     reason: "no_healthy_upstream",
                 },
                 ForwardError::Connect(_) | ForwardError::Protocol(_) => Refused {
                     status: StatusCode::BAD_GATEWAY,
                     title: "The service is unavailable",
-                    detail: "The site behind this gateway could not be reached. Try again in a moment; if it persists, contact your administrator.",
+                    detail: Cow::Borrowed(
+                        "The site behind this gateway could not be reached. Try again in a moment; if it persists, contact your administrator.",
+                    ),
                     reason: "upstream_unavailable",
                 },
             };
@@ -675,7 +755,7 @@ fn internal_error(html: bool) -> Response<ProxyBody> {
     Refused {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         title: "Something went wrong",
-        detail: "The gateway could not handle this request. Try again.",
+        detail: Cow::Borrowed("The gateway could not handle this request. Try again."),
         reason: "internal",
     }
     .page(html)

@@ -228,15 +228,20 @@ async fn client_address(
 }
 
 fn tls_failure_reason(e: &std::io::Error) -> &'static str {
-    let text = e.to_string();
-    if text.contains("ProtocolVersion") || text.contains("protocol version") {
-        "protocol_version"
-    } else if text.contains("NoApplicationProtocol") || text.contains("application protocol") {
-        "no_application_protocol"
-    } else if text.contains("PeerMisbehaved") || text.contains("peer misbehaved") {
-        "peer_misbehaved"
-    } else {
-        "other"
+    use rustls::{Error, PeerIncompatible, PeerMisbehaved};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::PeerIncompatible(
+            PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled
+            | PeerIncompatible::Tls13RequiredForQuic,
+        )) => "protocol_version",
+        Some(Error::NoApplicationProtocol) => "no_application_protocol",
+        Some(
+            Error::PeerMisbehaved(PeerMisbehaved::IllegalMiddleboxChangeCipherSpec)
+            | Error::PeerMisbehaved(_),
+        ) => "peer_misbehaved",
+        _ => "other",
     }
 }
 

@@ -101,6 +101,9 @@ async fn protected_route_is_never_forwarded_without_identity() {
     for (uri, want) in [
         ("https://ehr.test/chart/42?ssn=123-45-6789", 503),
         ("https://nowhere.test/", 404),
+        // The proxy's own prefix is never forwarded, even on a public route.
+        ("https://localhost/.dermgate/anything", 404),
+        ("https://localhost/x/../.dermgate/jwks.json", 404),
     ] {
         let resp = h2
             .send_request(Request::get(uri).body(Full::<Bytes>::default()).unwrap())

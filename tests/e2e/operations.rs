@@ -525,6 +525,21 @@ async fn h2_rapid_reset_closes_the_connection() {
         .unwrap();
     assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
 
+    // Ordinary traffic is not mistaken for an attack: more requests on one
+    // connection than its concurrent-stream limit, one after another.
+    let mut normal = h2_client(proxy.addr, &ca).await;
+    for i in 0..150 {
+        let resp = normal
+            .send_request(
+                Request::get(format!("https://localhost/normal{i}"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
     // Open and reset streams as fast as possible.
     let mut opened = 0;
     for _ in 0..1000 {
@@ -548,9 +563,9 @@ async fn h2_rapid_reset_closes_the_connection() {
         panic!("the connection is still open after {opened} streams were opened and reset");
     };
     if let Err(e) = joined.unwrap() {
-        // A GOAWAY (the server's ENHANCE_YOUR_CALM) or the TCP close behind it.
+        // A GOAWAY (ENHANCE_YOUR_CALM) or the TCP close behind it.
         assert!(
-            e.is_go_away() || e.is_io(),
+            e.is_io() || (e.is_go_away() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)),
             "the connection ended with an unexpected error: {e:?}"
         );
     }
@@ -933,17 +948,10 @@ async fn admin_listener_health_readiness_metrics_and_token() {
     let token_file = secrets.path().join("admin-token");
     let token = "s3cret-admin-token-0123456789";
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    // A fixed free port: `admin = "127.0.0.1:0"` next to `addr = "127.0.0.1:0"`
-    // is refused by `check` (see admin_on_port_0_next_to_addr_on_port_0).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let cfg = with_listen(
         &public_config(up.addr, ""),
         &format!(
-            "admin = \"127.0.0.1:{port}\"\nadmin_token_file = \"{}\"",
+            "admin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"",
             token_file.display()
         ),
     );
@@ -1016,21 +1024,6 @@ async fn admin_listener_health_readiness_metrics_and_token() {
     let (status, _, _) = plain_get(admin, "/counted", &[("host", "localhost")]).await;
     assert_eq!(status, 404);
     assert_eq!(up.seen().len(), 1, "{:?}", up.seen());
-}
-
-/// Port 0 means "any free port": an admin listener on port 0 cannot clash
-/// with a main listener on port 0, so the configuration must be accepted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_on_port_0_next_to_addr_on_port_0() {
-    install_provider();
-    let certs = Certs::new();
-    let up = Upstream::start(&certs).await;
-    let cfg = with_listen(&public_config(up.addr, ""), "admin = \"127.0.0.1:0\"");
-    let proxy = Proxy::start(&certs, &cfg);
-    let admin = logged_addr(&proxy, "dermgate admin on http://").await;
-    assert_ne!(admin, proxy.addr);
-    let (status, _, _) = plain_get(admin, "/healthz", &[("host", "127.0.0.1")]).await;
-    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,3 +212,80 @@ fn wait_for_line(proxy: &Proxy, prefix: &str) -> String {
     }
     panic!("no line {prefix:?} in:\n{}", proxy.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_needs_a_signed_in_user_and_a_same_site_form() {
+    install_provider();
+    let certs = Certs::new();
+    let up = Upstream::start(&certs).await;
+    let dir = TempDir::new("break-glass");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"emergency\"\neffect = \"allow\"\nroutes = [\"app\"]\nbreak_glass = true\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\n[tls]\ncert = \"{{cert}}\"\nkey = \"{{key}}\"\n\n[policy]\nfile = \"{}\"\n\n[[route]]\nname = \"app\"\nhost = \"localhost\"\nupstreams = [\"https://{}\"]\nupstream_ca = \"{{ca}}\"\n",
+        policy.display(),
+        up.addr
+    );
+    let proxy = Proxy::start(&certs, &cfg);
+    let mut h2 = h2_client(proxy.addr, &certs.ca()).await;
+
+    // Without an elevation the rule does not match; the deny offers break-the-glass.
+    let (s, body) = get(&mut h2, "/chart/1", "application/json").await;
+    assert_eq!(s, 403);
+    assert!(body.contains("/.dermgate/break-glass?route=app"), "{body}");
+
+    // The form is served by the proxy itself, never forwarded.
+    let (s, body) = get(
+        &mut h2,
+        "/.dermgate/break-glass?route=app&rd=%2Fchart%2F1",
+        "text/html",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("name=\"justification\"") && body.contains("Sign in first"),
+        "{body}"
+    );
+
+    let post = |origin: Option<&'static str>, form: &'static str| {
+        let mut b = Request::post("https://localhost/.dermgate/break-glass")
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        b.body(Full::new(Bytes::from_static(form.as_bytes())))
+            .unwrap()
+    };
+    let long =
+        "route=app&justification=patient+in+anaphylaxis%2C+need+allergy+list&rd=%2Fchart%2F1";
+    for (origin, form, want) in [
+        // Cross-site posts are refused before anything else.
+        (None, long, 403),
+        (Some("https://evil.example"), long, 403),
+        // Anonymous users cannot open an elevation: nobody would answer for it.
+        (Some("https://localhost"), long, 401),
+        (
+            Some("https://localhost"),
+            "route=nope&justification=patient+in+anaphylaxis+now",
+            404,
+        ),
+        (
+            Some("https://localhost"),
+            "route=app&justification=x&rd=%2F%2Fevil.example%2F",
+            400,
+        ),
+    ] {
+        let resp = h2.send_request(post(origin, form)).await.unwrap();
+        assert_eq!(resp.status(), want, "origin {origin:?} form {form}");
+        assert!(resp.headers().get("location").is_none());
+    }
+    // Still denied: no elevation was opened, and nothing reached the upstream.
+    let (s, _) = get(&mut h2, "/chart/1", "application/json").await;
+    assert_eq!(s, 403);
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    assert!(proxy.log().contains("break_glass_refused"));
+}
