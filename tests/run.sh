@@ -1,36 +1,54 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need (idempotently), then
-# builds once and runs every test — unit, property, end-to-end and the
-# benchmarks in test mode — plus the lint gates.
+# The README's test command. Installs what the tests need (idempotently), then
+# builds once and runs every test: unit, property, end-to-end (the real
+# binary with real TLS, HTTP/2, HTTP/3 and WebSocket clients) and the
+# benchmarks in test mode; then the fmt and clippy gates, and the policy
+# fuzzers briefly when a nightly toolchain is available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
-  echo "==> installing: ${need_apt[*]}"
+  step "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || true
   apt-get install -y -qq "${need_apt[@]}"
 fi
 
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> build (tests, benches and the binary in one invocation)"
+# Tests and benches are built in one invocation so that both share one feature
+# set (see DEPENDENCIES.md on cedar-policy) and one build.
+step "build (tests, benches, binary)"
 cargo test --workspace --all-targets --no-run
 
-echo "==> tests"
-if command -v cargo-nextest >/dev/null 2>&1 || cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --no-fail-fast --test-threads 2
-  # nextest does not run doctests.
-  cargo test --workspace --doc
-else
-  cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
-  cargo test --workspace --doc
-fi
+step "tests (unit, property, end-to-end, benches in test mode)"
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
 
-echo "==> clippy"
+step "doc tests"
+cargo test --workspace --doc
+
+step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "==> all tests passed"
+# Fuzz targets need nightly; a machine without it skips them with a message.
+if cargo +nightly --version >/dev/null 2>&1; then
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    step "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz >/dev/null 2>&1 || echo "cargo-fuzz could not be installed; skipping fuzzing"
+  fi
+  if cargo +nightly fuzz --version >/dev/null 2>&1; then
+    step "fuzz: policy parser, cases parser, policy editor (briefly)"
+    (cd policy/fuzz && cargo +nightly fuzz build && for t in policy_text cases_text policy_edit; do
+      cargo +nightly fuzz run "$t" -- -max_total_time=10 -rss_limit_mb=2048 2>&1 | tail -n 2
+    done)
+  fi
+else
+  echo "no nightly toolchain: skipping the fuzz build"
+fi
+
+step "all tests passed"
