@@ -289,3 +289,71 @@ async fn break_glass_needs_a_signed_in_user_and_a_same_site_form() {
     assert!(up.seen().is_empty(), "{:?}", up.seen());
     assert!(proxy.log().contains("break_glass_refused"));
 }
+
+/// The policy commands of the real binary on the design's own policy and cases.
+#[test]
+fn policy_cli_validate_test_explain_show_diff() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/tests");
+    let policy = root.join("design_policy.toml").display().to_string();
+    let cases = root.join("design_cases.toml").display().to_string();
+
+    let (code, out) = dermgate(&["policy", "validate", &policy]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out) = dermgate(&["policy", "test", &policy, &cases]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    assert!(out.contains("clinicians-ehr"), "deciding rule shown: {out}");
+
+    let (code, out) = dermgate(&[
+        "policy",
+        "explain",
+        &policy,
+        "--request",
+        r#"{ route = "imaging", method = "GET", path = "/export/all", source = "203.0.113.7", groups = ["clinicians"], mfa_age = "5m", time = "2026-03-02T09:00:00-05:00" }"#,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no-bulk-export-off-site"), "{out}");
+    assert!(out.to_lowercase().contains("deny"), "{out}");
+
+    let (code, out) = dermgate(&["policy", "show", &policy, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.trim_start().starts_with('[') || out.trim_start().starts_with('{'),
+        "{out}"
+    );
+
+    // A broken copy: every error with file:line:column and a caret; exit 1.
+    let dir = TempDir::new("policy-cli");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"a\"\neffect = \"alow\"\nsources = [\"10.0.0.0/33\"]\n",
+    )
+    .unwrap();
+    let (code, out) = dermgate(&["policy", "validate", &bad.display().to_string()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(":3:10:") && out.contains(":4:"), "{out}");
+    assert!(out.contains('^'), "caret under the column: {out}");
+    assert!(out.contains("did you mean `allow`"), "{out}");
+
+    // diff: a changed rule is reported, and the cases whose decision changes.
+    let changed = dir.path().join("changed.toml");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("mon-sat", "mon-fri"),
+    )
+    .unwrap();
+    let (code, out) = dermgate(&[
+        "policy",
+        "diff",
+        &policy,
+        &changed.display().to_string(),
+        "--cases",
+        &cases,
+    ]);
+    assert!(code == 0 || code == 1, "{out}");
+    assert!(out.contains("clinicians-ehr"), "{out}");
+}
