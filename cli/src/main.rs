@@ -1,6 +1,7 @@
 //! `dermgate`: the proxy binary and admin CLI. One module per command.
 
 mod admin_client;
+mod audit_cmd;
 mod check;
 mod demo;
 mod policy_cmd;
@@ -49,6 +50,11 @@ enum Cmd {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCli,
+    },
+    /// The tamper-evident audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
     },
     /// Run a self-contained demo: dev certificates, demo backends and the proxy.
     #[command(after_help = "Example:\n  dermgate demo --state-dir ./demo-state")]
@@ -133,6 +139,7 @@ fn main() -> ExitCode {
         Cmd::Policy {
             cmd: PolicyCli::Other(cmd),
         } => policy_cmd::run(cmd),
+        Cmd::Audit { cmd } => audit_cmd::run(cmd),
     }
 }
 

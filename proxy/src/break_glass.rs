@@ -270,6 +270,12 @@ pub async fn handle(
                         minutes = lasts.as_secs() / 60,
                         "break-the-glass elevation opened"
                     );
+                    shared.audit_event(
+                        "break_glass",
+                        Some(&form.route),
+                        Some(form.justification.trim().to_string()),
+                        None,
+                    );
                     let rd = if form.rd.is_empty() {
                         "/".to_string()
                     } else {
@@ -292,6 +298,12 @@ pub async fn handle(
                         src = %conn.client,
                         reason = ?refusal,
                         "break-the-glass request refused"
+                    );
+                    shared.audit_event(
+                        "break_glass_refused",
+                        Some(&form.route),
+                        Some(format!("{refusal:?}")),
+                        None,
                     );
                     let status = match refusal {
                         Refusal::SignInFirst => StatusCode::UNAUTHORIZED,

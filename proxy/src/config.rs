@@ -36,6 +36,21 @@ pub struct Config {
     pub limits: Limits,
     /// `[policy]`: without it, only `public` routes are reachable.
     pub policy: Option<PolicyConfig>,
+    /// `[audit]` (with `[keys] dir` for the checkpoint key).
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// The current audit file; rotated files sit beside it.
+    pub file: PathBuf,
+    /// `batch` (group commit every 50 ms) or `always` (forwarding waits for the fsync).
+    pub sync: crate::audit::SyncMode,
+    /// The documented retention; dermgate never deletes audit files.
+    pub retain: Duration,
+    /// `[keys] dir`: the checkpoint signing key lives here (created 0700 on first start).
+    pub keys_dir: PathBuf,
 }
 
 /// `[policy]`.
@@ -213,8 +228,13 @@ pub enum ConfigError {
 }
 
 // The document's sections: (section, keys built now, keys of DESIGN.md not built yet).
-const TOP: &[&str] = &["listen", "tls", "route", "log", "limits", "policy"];
-const TOP_NOT_YET: &[&str] = &["oidc", "session", "keys", "store", "audit", "alerts"];
+const TOP: &[&str] = &[
+    "listen", "tls", "route", "log", "limits", "policy", "audit", "keys",
+];
+const TOP_NOT_YET: &[&str] = &["oidc", "session", "store", "alerts"];
+const AUDIT: &[&str] = &["file", "sync", "retain"];
+const AUDIT_NOT_YET: &[&str] = &["syslog"];
+const KEYS: &[&str] = &["dir"];
 const POLICY: &[&str] = &["file", "tests", "break_glass_for"];
 const LISTEN: &[&str] = &[
     "addr",
@@ -266,9 +286,7 @@ const NOT_YET_SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("session", &["auth_host", "idle", "absolute", "keys_file"]),
-    ("keys", &["dir"]),
     ("store", &["kind", "path", "url"]),
-    ("audit", &["file", "sync", "retain", "syslog"]),
     ("alerts", &["export_bytes", "export_window", "webhook"]),
 ];
 
@@ -441,6 +459,27 @@ impl Validator<'_> {
             None => Some(None),
             Some(v) => self.r.table(v, "policy").map(|t| self.policy(t, v.span())),
         };
+        let keys_dir = match doc.get("keys") {
+            None => None,
+            Some(v) => self.r.table(v, "keys").and_then(|t| {
+                self.r.check_keys(t, "[keys]", KEYS, &[]);
+                let d = self.r.required(
+                    t,
+                    v.span(),
+                    "[keys]",
+                    "dir",
+                    "a directory such as \"secrets/\"",
+                )?;
+                self.path(d, "dir")
+            }),
+        };
+        let audit = match doc.get("audit") {
+            None => Some(None),
+            Some(v) => self
+                .r
+                .table(v, "audit")
+                .map(|t| self.audit(t, v.span(), keys_dir.clone())),
+        };
         let routes = self.routes(doc, span);
         let tls = tls?;
         let routes = routes?;
@@ -460,6 +499,7 @@ impl Validator<'_> {
             log: log?,
             limits: limits?,
             policy: policy?,
+            audit: audit?,
         })
     }
 
@@ -484,6 +524,60 @@ impl Validator<'_> {
             file: file?,
             tests,
             break_glass_for,
+        })
+    }
+
+    fn audit(
+        &mut self,
+        t: &DeTable<'_>,
+        at: Range<usize>,
+        keys_dir: Option<PathBuf>,
+    ) -> Option<AuditConfig> {
+        self.r.check_keys(t, "[audit]", AUDIT, AUDIT_NOT_YET);
+        let file = self
+            .r
+            .required(
+                t,
+                at.clone(),
+                "[audit]",
+                "file",
+                "the audit file, e.g. \"audit/audit.jsonl\"",
+            )
+            .and_then(|v| self.path(v, "file"));
+        let sync = match t.get("sync") {
+            None => Some(crate::audit::SyncMode::Batch),
+            Some(v) => match self.r.str(v, "sync", "\"batch\" or \"always\"") {
+                Some("batch") => Some(crate::audit::SyncMode::Batch),
+                Some("always") => Some(crate::audit::SyncMode::Always),
+                Some(other) => {
+                    self.r.error(
+                        v.span(),
+                        dermgate_policy::text::unknown(
+                            &format!("sync mode \"{other}\""),
+                            other,
+                            &["batch", "always"],
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        let retain = match t.get("retain") {
+            None => Some(Duration::from_secs(6 * 365 * 86_400)),
+            Some(v) => self.r.duration(v, "retain"),
+        };
+        if keys_dir.is_none() {
+            self.r.error(
+                at,
+                "[audit] needs [keys] dir: the directory where the checkpoint signing key is kept",
+            );
+        }
+        Some(AuditConfig {
+            file: file?,
+            sync: sync?,
+            retain: retain?,
+            keys_dir: keys_dir?,
         })
     }
 

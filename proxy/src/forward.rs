@@ -101,6 +101,7 @@ pub struct RequestBody {
     bytes: u64,
     max: u64,
     metrics: Arc<RouteMetrics>,
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
@@ -108,6 +109,7 @@ impl RequestBody {
         inner: Inbound,
         max: Option<u64>,
         metrics: Arc<RouteMetrics>,
+        counter: Option<Arc<AtomicU64>>,
     ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut body = Self {
@@ -116,6 +118,7 @@ impl RequestBody {
             bytes: 0,
             max: max.unwrap_or(u64::MAX),
             metrics,
+            counter,
         };
         if body.inner.is_end_stream() {
             body.finish();
@@ -150,6 +153,9 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     self.bytes += d.len() as u64;
+                    if let Some(c) = &self.counter {
+                        c.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
                     if self.bytes > self.max {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
@@ -174,11 +180,22 @@ pub struct ResponseBody {
     inner: Incoming,
     bytes: u64,
     metrics: Arc<RouteMetrics>,
+    on_complete: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl ResponseBody {
+    /// Runs `f` with the body bytes sent once the response ends (or is abandoned).
+    pub fn on_complete(&mut self, f: Box<dyn FnOnce(u64) + Send + Sync>) {
+        self.on_complete = Some(f);
+    }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         self.metrics.bytes(0, self.bytes);
+        if let Some(f) = self.on_complete.take() {
+            f(self.bytes);
+        }
     }
 }
 
@@ -381,6 +398,7 @@ impl UpstreamPool {
         &self,
         req: Request<Inbound>,
         path_and_query: PathAndQuery,
+        bytes_in: Option<Arc<AtomicU64>>,
     ) -> Result<Response<ResponseBody>, ForwardError> {
         let (mut parts, body) = req.into_parts();
         // Retrying needs the head again: keep a copy only when a retry is possible.
@@ -396,7 +414,12 @@ impl UpstreamPool {
                 Some(b) => b,
                 None => Inbound::Empty,
             };
-            let (rb, body_sent) = RequestBody::new(this_body, self.max_body, self.metrics.clone());
+            let (rb, body_sent) = RequestBody::new(
+                this_body,
+                self.max_body,
+                self.metrics.clone(),
+                bytes_in.clone(),
+            );
             let mut req = Request::new(rb);
             *req.method_mut() = parts.method.clone();
             *req.headers_mut() = if retryable {
@@ -426,6 +449,7 @@ impl UpstreamPool {
                             inner,
                             bytes: 0,
                             metrics: self.metrics.clone(),
+                            on_complete: None,
                         })
                     });
                 }
@@ -474,7 +498,7 @@ impl UpstreamPool {
             else {
                 continue;
             };
-            let (body, _sent) = RequestBody::new(Inbound::Empty, None, self.metrics.clone());
+            let (body, _sent) = RequestBody::new(Inbound::Empty, None, self.metrics.clone(), None);
             let mut req = Request::new(body);
             *req.uri_mut() = uri;
             if let Ok(host) = HeaderValue::from_str(ep.authority.host()) {

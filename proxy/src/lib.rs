@@ -15,6 +15,8 @@
 //! ```
 
 pub mod admin;
+pub mod audit;
+pub mod audit_verify;
 pub mod break_glass;
 pub mod canonical;
 pub mod certs;

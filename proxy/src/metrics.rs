@@ -76,6 +76,7 @@ pub const REASONS: &[&str] = &[
     "untrusted_proxy_header",
     "bad_proxy_header",
     "internal",
+    "audit_unavailable",
     "other",
 ];
 

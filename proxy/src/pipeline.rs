@@ -142,12 +142,32 @@ pub struct Shared {
     pub policy_cfg: Option<PolicyConfig>,
     /// Open break-the-glass elevations.
     pub elevations: crate::break_glass::Elevations,
+    /// The tamper-evident audit trail, when `[audit]` is configured.
+    pub audit: Option<crate::audit::Audit>,
     started: Instant,
     next_id: AtomicU64,
     id_salt: u64,
 }
 
 impl Shared {
+    /// Appends an `event` record to the audit trail, when there is one.
+    pub fn audit_event(
+        &self,
+        event: &str,
+        route: Option<&str>,
+        reason: Option<String>,
+        policy: Option<&str>,
+    ) {
+        if let Some(a) = &self.audit {
+            let mut r = crate::audit::Record::new("event");
+            r.event = Some(event.to_string());
+            r.route = route.map(str::to_string);
+            r.reason = reason;
+            r.policy = policy.map(str::to_string);
+            a.record(r);
+        }
+    }
+
     /// Route names of the running snapshot (for validating policies).
     pub fn route_names(&self) -> Vec<String> {
         self.snapshot
@@ -162,6 +182,13 @@ impl Shared {
     pub fn new(cfg: &Config, alt_svc_port: Option<u16>) -> Result<Self, StartError> {
         let policy = match &cfg.policy {
             Some(p) => Some(Arc::new(crate::policy::load(p, None, &cfg.route_names())?)),
+            None => None,
+        };
+        let audit = match &cfg.audit {
+            Some(a) => {
+                let key = crate::audit::load_or_create_key(&a.keys_dir)?;
+                Some(crate::audit::Audit::start(&a.file, a.sync, key)?)
+            }
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
@@ -191,6 +218,7 @@ impl Shared {
             policy: arc_swap::ArcSwapOption::new(policy),
             policy_cfg: cfg.policy.clone(),
             elevations: Default::default(),
+            audit,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             id_salt,
@@ -207,6 +235,9 @@ pub enum StartError {
     /// The policy was refused.
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// The audit trail could not be opened.
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Who is asking. Until identity lands, only anonymous requests exist.
@@ -256,6 +287,10 @@ pub struct RequestCtx<'c> {
     pub route: Option<Arc<Route>>,
     /// The identity (stage 2).
     pub identity: Identity,
+    /// The deciding policy rule (stage 3).
+    pub rule: Option<String>,
+    /// The policy version that decided.
+    pub policy: Option<String>,
 }
 
 /// A request ended by the proxy, with what the user is told.
@@ -352,15 +387,29 @@ async fn decide_and_forward(
     req: Request<Inbound>,
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
-    let outcome = identify(&mut ctx).and_then(|()| decide(shared, &ctx, &method).map(|_| ()));
+    let outcome = identify(&mut ctx).and_then(|()| decide(shared, &mut ctx, &method));
     let resp = match outcome {
         Ok(()) => {
             audit_decision(&ctx, &method);
-            forward(shared, &ctx, req).await
+            // No access to a protected route without its audit record.
+            let recorded = match &shared.audit {
+                Some(a) => a.append(decision_record(&ctx, &method, None)).await,
+                None => true,
+            };
+            let protected = ctx.route.as_ref().is_some_and(|r| !r.cfg.public);
+            if !recorded && protected {
+                shared.metrics.refused(AUDIT_UNAVAILABLE.reason);
+                AUDIT_UNAVAILABLE.page(ctx.html)
+            } else {
+                forward(shared, &ctx, req).await
+            }
         }
         Err(refused) => {
             shared.metrics.refused(refused.reason);
             audit_refusal(&ctx, &method, &refused);
+            if let Some(a) = &shared.audit {
+                a.record(decision_record(&ctx, &method, Some(&refused)));
+            }
             refused.page(ctx.html)
         }
     };
@@ -490,6 +539,8 @@ fn route<'c>(
         websocket,
         route: Some(route),
         identity: Identity::Anonymous,
+        rule: None,
+        policy: None,
     })
 }
 
@@ -505,19 +556,15 @@ fn identify(ctx: &mut RequestCtx<'_>) -> Result<(), Refused> {
 /// pass; every other route is decided by the compiled policy, and without a
 /// policy it is refused (never forwarded). WebSocket only where the route
 /// allows it.
-fn decide(
-    shared: &Shared,
-    ctx: &RequestCtx<'_>,
-    method: &Method,
-) -> Result<Option<&'static str>, Refused> {
-    let Some(r) = &ctx.route else {
+fn decide(shared: &Shared, ctx: &mut RequestCtx<'_>, method: &Method) -> Result<(), Refused> {
+    let Some(r) = ctx.route.clone() else {
         return Err(DEFAULT_DENY);
     };
     if ctx.websocket.is_some() && !r.cfg.websocket {
         return Err(WEBSOCKET_NOT_ALLOWED);
     }
     if r.cfg.public {
-        return Ok(None);
+        return Ok(());
     }
     let guard = shared.policy.load();
     let Some(policy) = guard.as_ref() else {
@@ -553,6 +600,8 @@ fn decide(
         facts.break_glass = true;
         decision = policy.evaluate(&facts);
     }
+    ctx.rule = Some(decision.rule().to_string());
+    ctx.policy = Some(policy.version().to_string());
     match decision {
         dermgate_policy::Decision::Allow { rule, break_glass } => {
             if break_glass {
@@ -567,8 +616,18 @@ fn decide(
                     path = %ctx.path.decoded,
                     "request allowed by break-the-glass"
                 );
+                if let Some(a) = &shared.audit {
+                    let mut rec = crate::audit::Record::new("event");
+                    rec.event = Some("break_glass_use".into());
+                    rec.id = Some(format!("{:016x}", ctx.id));
+                    rec.sub = ctx.identity.subject().map(str::to_string);
+                    rec.route = Some(r.cfg.name.clone());
+                    rec.rule = Some(rule.to_string());
+                    rec.path = Some(ctx.path.decoded.clone());
+                    a.record(rec);
+                }
             }
-            Ok(None)
+            Ok(())
         }
         denied => {
             let reason = denied
@@ -605,6 +664,61 @@ fn capitalised(s: &str) -> String {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
     }
+}
+
+const AUDIT_UNAVAILABLE: Refused = Refused {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    title: "Temporarily unavailable",
+    detail: Cow::Borrowed(
+        "This protected site cannot be reached right now because access cannot be recorded. Try again in a few minutes; your administrator has been alerted.",
+    ),
+    reason: "audit_unavailable",
+};
+
+/// The audit record of a decision (allow, or the refusal).
+fn decision_record(
+    ctx: &RequestCtx<'_>,
+    method: &Method,
+    refused: Option<&Refused>,
+) -> crate::audit::Record {
+    let mut r = crate::audit::Record::new("decision");
+    r.id = Some(format!("{:016x}", ctx.id));
+    r.sub = ctx.identity.subject().map(str::to_string);
+    r.src = Some(ctx.client.to_string());
+    r.host = Some(ctx.host.clone());
+    r.route = ctx.route.as_ref().map(|x| x.cfg.name.clone());
+    r.method = Some(method.to_string());
+    r.path = Some(ctx.path.decoded.clone());
+    r.proto = Some(if ctx.websocket.is_some() {
+        "ws"
+    } else {
+        ctx.conn.proto.label()
+    });
+    r.tls = Some(ctx.conn.tls);
+    r.decision = Some(if refused.is_some() { "deny" } else { "allow" });
+    r.rule = ctx.rule.clone();
+    r.policy = ctx.policy.clone();
+    if let Some(f) = refused {
+        r.reason = Some(f.reason.to_string());
+        r.status = Some(f.status.as_u16());
+    }
+    r
+}
+
+/// The `complete` record of a forwarded request.
+fn complete_record(ctx: &RequestCtx<'_>, status: u16) -> crate::audit::Record {
+    let mut r = crate::audit::Record::new("complete");
+    r.id = Some(format!("{:016x}", ctx.id));
+    r.sub = ctx.identity.subject().map(str::to_string);
+    r.route = ctx.route.as_ref().map(|x| x.cfg.name.clone());
+    r.proto = Some(if ctx.websocket.is_some() {
+        "ws"
+    } else {
+        ctx.conn.proto.label()
+    });
+    r.tls = Some(ctx.conn.tls);
+    r.status = Some(status);
+    r
 }
 
 const DEFAULT_DENY: Refused = Refused {
@@ -677,9 +791,10 @@ async fn forward(
     if let Some(kind) = ctx.websocket {
         crate::websocket::upstream_handshake_headers(&mut parts, kind);
     }
+    let bytes_in = shared.audit.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
     let result = route
         .upstream
-        .send(Request::from_parts(parts, body), pq)
+        .send(Request::from_parts(parts, body), pq, bytes_in.clone())
         .await;
     let elapsed_ms = ctx.start.elapsed().as_millis();
     match result {
@@ -696,7 +811,17 @@ async fn forward(
                         .page(ctx.html)
                     });
             }
-            let (mut parts, body) = resp.into_parts();
+            let (mut parts, mut body) = resp.into_parts();
+            if let Some(audit) = shared.audit.clone() {
+                let mut rec = complete_record(ctx, parts.status.as_u16());
+                let start = ctx.start;
+                body.on_complete(Box::new(move |bytes_out| {
+                    rec.bytes_in = bytes_in.map(|b| b.load(Ordering::Relaxed));
+                    rec.bytes_out = Some(bytes_out);
+                    rec.ms = Some(start.elapsed().as_millis() as u64);
+                    audit.record(rec);
+                }));
+            }
             forward::clean_response_headers(&mut parts.headers);
             if !parts.headers.contains_key(STRICT_TRANSPORT_SECURITY) {
                 parts.headers.insert(STRICT_TRANSPORT_SECURITY, pages::HSTS);
@@ -746,6 +871,12 @@ async fn forward(
                 },
             };
             shared.metrics.refused(refused.reason);
+            if let Some(a) = &shared.audit {
+                let mut rec = complete_record(ctx, refused.status.as_u16());
+                rec.reason = Some(refused.reason.to_string());
+                rec.ms = Some(ctx.start.elapsed().as_millis() as u64);
+                a.record(rec);
+            }
             refused.page(ctx.html)
         }
     }

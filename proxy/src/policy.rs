@@ -115,6 +115,7 @@ pub fn apply(shared: &Shared, text: &str) -> Result<String, PolicyError> {
         }
         Err(e) => {
             tracing::warn!(target: "dermgate::audit", event = "policy_refused", trigger = "apply", error = %e, "policy refused; the running policy stays");
+            shared.audit_event("policy_refused", None, Some(format!("apply: {e}")), None);
             Err(e)
         }
     }
@@ -125,6 +126,12 @@ fn swap(shared: &Shared, policy: CompiledPolicy, trigger: &str) {
     let old = shared.policy.swap(Some(Arc::new(policy)));
     if old.as_ref().map(|p| p.version()) != Some(version.as_str()) {
         tracing::info!(target: "dermgate::audit", event = "policy_applied", trigger, version = %version, "policy applied");
+        shared.audit_event(
+            "policy_apply",
+            None,
+            Some(trigger.to_string()),
+            Some(&version),
+        );
     }
 }
 
@@ -154,6 +161,12 @@ pub async fn watch(shared: Arc<Shared>) {
             Ok(policy) => swap(&shared, policy, "file change"),
             Err(e) => {
                 tracing::warn!(target: "dermgate::audit", event = "policy_refused", trigger = "file change", error = %e, "policy refused; the running policy stays");
+                shared.audit_event(
+                    "policy_refused",
+                    None,
+                    Some(format!("file change: {e}")),
+                    None,
+                );
             }
         }
     }

@@ -42,6 +42,9 @@ pub enum ServeError {
     /// The policy was refused.
     #[error("policy: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// The audit trail could not be opened.
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -98,6 +101,7 @@ impl Proxy {
         let shared = Arc::new(Shared::new(cfg, alt_svc_port).map_err(|e| match e {
             pipeline::StartError::Tls(e) => ServeError::Tls(e),
             pipeline::StartError::Policy(e) => ServeError::Policy(e),
+            pipeline::StartError::Audit(e) => ServeError::Audit(e),
         })?);
         Ok(Self {
             cfg: Arc::new(cfg.clone()),
