@@ -152,6 +152,8 @@ pub struct RouteConfig {
     pub health: Option<String>,
     /// WebSocket upgrades are allowed (h1 Upgrade, h2 extended CONNECT).
     pub websocket: bool,
+    /// SHA-256 of every body into the audit record; stated upload digests are checked.
+    pub integrity: bool,
 }
 
 /// One upstream endpoint.
@@ -265,8 +267,9 @@ const ROUTE: &[&str] = &[
     "health",
     "max_body",
     "websocket",
+    "integrity",
 ];
-const ROUTE_NOT_YET: &[&str] = &["integrity", "idle", "absolute"];
+const ROUTE_NOT_YET: &[&str] = &["idle", "absolute"];
 const TIMEOUTS: &[&str] = &["connect", "header", "idle"];
 const LOG: &[&str] = &["level", "format"];
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
@@ -1026,6 +1029,10 @@ impl Validator<'_> {
             Some(v) => self.r.bool(v, "websocket").unwrap_or(false),
             None => false,
         };
+        let integrity = match t.get("integrity") {
+            Some(v) => self.r.bool(v, "integrity").unwrap_or(false),
+            None => false,
+        };
         let health = match t.get("health") {
             None => None,
             Some(v) => {
@@ -1054,6 +1061,7 @@ impl Validator<'_> {
             max_body,
             health,
             websocket,
+            integrity,
         })
     }
 

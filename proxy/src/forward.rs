@@ -41,6 +41,8 @@ pub enum Inbound {
     Hyper(Incoming),
     /// HTTP/3: the receiving half of the request stream.
     H3(h3::server::RequestStream<h3_quinn::RecvStream, Bytes>),
+    /// A body checked against its `Content-Digest`/`Repr-Digest` (integrity routes).
+    Integrity(Box<IntegrityBody>),
     /// No body.
     Empty,
 }
@@ -64,6 +66,7 @@ impl Body for Inbound {
                 Poll::Ready(Ok(None)) => Poll::Ready(None),
                 Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
             },
+            Self::Integrity(b) => Pin::new(b.as_mut()).poll_frame(cx),
             Self::Empty => Poll::Ready(None),
         }
     }
@@ -72,6 +75,7 @@ impl Body for Inbound {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
             Self::H3(_) => false,
+            Self::Integrity(b) => b.is_end_stream(),
             Self::Empty => true,
         }
     }
@@ -80,9 +84,147 @@ impl Body for Inbound {
         match self {
             Self::Hyper(b) => b.size_hint(),
             Self::H3(_) => SizeHint::default(),
+            Self::Integrity(b) => b.inner.size_hint(),
             Self::Empty => SizeHint::with_exact(0),
         }
     }
+}
+
+/// An upload whose digest did not match the one its sender stated.
+#[derive(Debug, thiserror::Error)]
+#[error("request body does not match its Content-Digest/Repr-Digest")]
+pub struct DigestMismatch;
+
+/// SHA-256 of a body computed while it streams (no buffering beyond one
+/// frame). When the sender stated a digest, the last frame is held back
+/// until the digest is checked, so on a mismatch the upstream never receives
+/// the end of the body and its connection is reset: a partial or damaged
+/// object is never committed.
+pub struct IntegrityBody {
+    inner: Inbound,
+    hash: aws_lc_rs::digest::Context,
+    expected: Option<Vec<u8>>,
+    held: Option<Bytes>,
+    done: bool,
+    result: Arc<std::sync::OnceLock<String>>,
+}
+
+impl IntegrityBody {
+    /// Wraps `inner`; the hex digest is published into `result` at the end.
+    pub fn new(
+        inner: Inbound,
+        expected: Option<Vec<u8>>,
+        result: Arc<std::sync::OnceLock<String>>,
+    ) -> Self {
+        Self {
+            inner,
+            hash: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+            expected,
+            held: None,
+            done: false,
+            result,
+        }
+    }
+}
+
+impl Body for IntegrityBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.held.is_none()
+    }
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(self.held.take().map(|b| Ok(Frame::data(b))));
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.hash.update(&data);
+                        if let Some(prev) = self.held.replace(data) {
+                            return Poll::Ready(Some(Ok(Frame::data(prev))));
+                        }
+                    }
+                    // Trailers: pass them on after the held data.
+                    Err(frame) => {
+                        if let Some(prev) = self.held.take() {
+                            self.held = None;
+                            return Poll::Ready(Some(Ok(Frame::data(prev))));
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                },
+                Poll::Ready(None) => {
+                    let digest = self.hash.clone().finish();
+                    let _ = self.result.set(hex_of(digest.as_ref()));
+                    if let Some(want) = &self.expected
+                        && want.as_slice() != digest.as_ref()
+                    {
+                        self.held = None;
+                        self.done = true;
+                        return Poll::Ready(Some(Err(Box::new(DigestMismatch))));
+                    }
+                    self.done = true;
+                }
+            }
+        }
+    }
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter()
+        .flat_map(|x| {
+            [
+                b"0123456789abcdef"[usize::from(x >> 4)],
+                b"0123456789abcdef"[usize::from(x & 15)],
+            ]
+        })
+        .map(char::from)
+        .collect()
+}
+
+/// A `Content-Digest`/`Repr-Digest` header that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed Content-Digest or Repr-Digest header")]
+pub struct BadDigestHeader;
+
+/// The SHA-256 an upload states in `Content-Digest` or `Repr-Digest` (RFC 9530):
+/// `sha-256=:BASE64:`. `Err` when a digest header is present but malformed.
+pub fn stated_sha256(headers: &HeaderMap) -> Result<Option<Vec<u8>>, BadDigestHeader> {
+    use base64::Engine;
+    for name in ["content-digest", "repr-digest"] {
+        for v in headers.get_all(name) {
+            let v = v.to_str().map_err(|_| BadDigestHeader)?;
+            for item in v.split(',') {
+                let Some((alg, val)) = item.trim().split_once('=') else {
+                    return Err(BadDigestHeader);
+                };
+                if alg.trim().eq_ignore_ascii_case("sha-256") {
+                    let b64 = val
+                        .trim()
+                        .strip_prefix(':')
+                        .and_then(|x| x.strip_suffix(':'))
+                        .ok_or(BadDigestHeader)?;
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|_| BadDigestHeader)?;
+                    if raw.len() != 32 {
+                        return Err(BadDigestHeader);
+                    }
+                    return Ok(Some(raw));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The request body passed a route's `max_body`.
@@ -175,18 +317,28 @@ impl Body for RequestBody {
     }
 }
 
+/// Called once a response body ends: bytes sent, and its SHA-256 when hashed.
+pub type OnComplete = Box<dyn FnOnce(u64, Option<String>) + Send + Sync>;
+
 /// The upstream's response body on its way to the client, counted.
 pub struct ResponseBody {
     inner: Incoming,
     bytes: u64,
     metrics: Arc<RouteMetrics>,
-    on_complete: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    on_complete: Option<OnComplete>,
+    hash: Option<aws_lc_rs::digest::Context>,
 }
 
 impl ResponseBody {
-    /// Runs `f` with the body bytes sent once the response ends (or is abandoned).
-    pub fn on_complete(&mut self, f: Box<dyn FnOnce(u64) + Send + Sync>) {
+    /// Runs `f` with the body bytes sent (and the SHA-256, when hashing) once
+    /// the response ends or is abandoned.
+    pub fn on_complete(&mut self, f: OnComplete) {
         self.on_complete = Some(f);
+    }
+
+    /// Hashes the body as it streams (integrity routes).
+    pub fn hash(&mut self) {
+        self.hash = Some(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256));
     }
 }
 
@@ -194,7 +346,8 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         self.metrics.bytes(0, self.bytes);
         if let Some(f) = self.on_complete.take() {
-            f(self.bytes);
+            let sha = self.hash.take().map(|h| hex_of(h.finish().as_ref()));
+            f(self.bytes, sha);
         }
     }
 }
@@ -212,6 +365,9 @@ impl Body for ResponseBody {
             && let Some(d) = f.data_ref()
         {
             self.bytes += d.len() as u64;
+            if let Some(h) = self.hash.as_mut() {
+                h.update(d);
+            }
         }
         polled
     }
@@ -286,6 +442,9 @@ pub enum ForwardError {
     /// The request body passed `max_body`.
     #[error("request body too large")]
     TooLarge,
+    /// The upload did not match its stated digest.
+    #[error("request body digest mismatch")]
+    DigestMismatch,
 }
 
 /// Passive health: after a connect failure, an endpoint sits out this long
@@ -450,6 +609,7 @@ impl UpstreamPool {
                             bytes: 0,
                             metrics: self.metrics.clone(),
                             on_complete: None,
+                            hash: None,
                         })
                     });
                 }
@@ -478,6 +638,7 @@ impl UpstreamPool {
                 Ok(resp) => Ok(resp),
                 Err(e) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
                 Err(e) if find_source::<BodyTooLarge>(&e) => Err(ForwardError::TooLarge),
+                Err(e) if find_source::<DigestMismatch>(&e) => Err(ForwardError::DigestMismatch),
                 Err(e) => Err(ForwardError::Protocol(error_chain(&e))),
             },
         }

@@ -167,7 +167,19 @@ async fn request(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (req, stream) = resolver.resolve_request().await?;
     let (mut send, recv) = stream.split();
-    let req = req.map(|()| Inbound::H3(recv));
+    // HTTP/3 has no "no body" marker but the stream's end: a GET (HEAD, …)
+    // without Content-Length is forwarded bodiless, as over h1/h2, and its
+    // receiving half is kept open until the response is sent.
+    let bodiless = !req.headers().contains_key(http::header::CONTENT_LENGTH)
+        && matches!(
+            *req.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::DELETE
+        );
+    let (req, _keep_open) = if bodiless {
+        (req.map(|()| Inbound::Empty), Some(recv))
+    } else {
+        (req.map(|()| Inbound::H3(recv)), None)
+    };
     let resp = pipeline::handle(shared, info, req).await;
     let (parts, mut body) = resp.into_parts();
     send.send_response(Response::from_parts(parts, ())).await?;

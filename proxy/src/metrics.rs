@@ -77,6 +77,8 @@ pub const REASONS: &[&str] = &[
     "bad_proxy_header",
     "internal",
     "audit_unavailable",
+    "digest_mismatch",
+    "bad_digest",
     "other",
 ];
 

@@ -666,6 +666,15 @@ fn capitalised(s: &str) -> String {
     }
 }
 
+const BAD_DIGEST: Refused = Refused {
+    status: StatusCode::BAD_REQUEST,
+    title: "Bad digest",
+    detail: Cow::Borrowed(
+        "The upload's Content-Digest or Repr-Digest header is malformed; expected sha-256=:BASE64:.",
+    ),
+    reason: "bad_digest",
+};
+
 const AUDIT_UNAVAILABLE: Refused = Refused {
     status: StatusCode::SERVICE_UNAVAILABLE,
     title: "Temporarily unavailable",
@@ -792,6 +801,23 @@ async fn forward(
         crate::websocket::upstream_handshake_headers(&mut parts, kind);
     }
     let bytes_in = shared.audit.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+    // Integrity routes: hash the body as it streams and check a stated digest.
+    let upload_sha = Arc::new(std::sync::OnceLock::new());
+    let body = if route.cfg.integrity {
+        match forward::stated_sha256(&parts.headers) {
+            Ok(expected) => Inbound::Integrity(Box::new(forward::IntegrityBody::new(
+                body,
+                expected,
+                upload_sha.clone(),
+            ))),
+            Err(_) => {
+                shared.metrics.refused(BAD_DIGEST.reason);
+                return BAD_DIGEST.page(ctx.html);
+            }
+        }
+    } else {
+        body
+    };
     let result = route
         .upstream
         .send(Request::from_parts(parts, body), pq, bytes_in.clone())
@@ -812,13 +838,22 @@ async fn forward(
                     });
             }
             let (mut parts, mut body) = resp.into_parts();
+            if route.cfg.integrity {
+                body.hash();
+            }
             if let Some(audit) = shared.audit.clone() {
                 let mut rec = complete_record(ctx, parts.status.as_u16());
                 let start = ctx.start;
-                body.on_complete(Box::new(move |bytes_out| {
-                    rec.bytes_in = bytes_in.map(|b| b.load(Ordering::Relaxed));
+                body.on_complete(Box::new(move |bytes_out, response_sha| {
+                    let bytes_in = bytes_in.map(|b| b.load(Ordering::Relaxed));
+                    rec.bytes_in = bytes_in;
                     rec.bytes_out = Some(bytes_out);
                     rec.ms = Some(start.elapsed().as_millis() as u64);
+                    // The image that moved: the upload's hash, else the download's.
+                    rec.sha256 = match (bytes_in, upload_sha.get()) {
+                        (Some(n), Some(h)) if n > 0 => Some(h.clone()),
+                        _ => response_sha,
+                    };
                     audit.record(rec);
                 }));
             }
@@ -845,6 +880,14 @@ async fn forward(
             );
             let refused = match e {
                 ForwardError::TooLarge => BODY_TOO_LARGE,
+                ForwardError::DigestMismatch => Refused {
+                    status: StatusCode::BAD_REQUEST,
+                    title: "Upload damaged",
+                    detail: Cow::Borrowed(
+                        "The upload does not match its stated digest, so it was not stored. Upload it again.",
+                    ),
+                    reason: "digest_mismatch",
+                },
                 ForwardError::Timeout => Refused {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     title: "The service took too long to answer",

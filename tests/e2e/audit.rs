@@ -352,3 +352,102 @@ async fn kill_9_under_load_loses_nothing_that_was_answered() {
     assert_eq!(code, 0, "{out}");
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrity_route_hashes_bodies_and_refuses_a_damaged_upload() {
+    use base64::Engine;
+    install_provider();
+    let certs = Certs::new();
+    let up = Upstream::start(&certs).await;
+    let dir = TempDir::new("integrity");
+    let cfg = config(dir.path(), up.addr, "batch")
+        .replace("public = true\n", "public = true\nintegrity = true\n");
+    let proxy = Proxy::start(&certs, &cfg);
+    let mut h2 = h2_client(proxy.addr, &certs.ca()).await;
+    const N: usize = 4 << 20;
+    let data = Bytes::from(pattern(0, N));
+    let good = sha256_hex(&data);
+    let b64 = |hex: &str| {
+        let raw: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    };
+    let put = |digest: String| {
+        Request::put("https://localhost/big/upload")
+            .header("content-length", N.to_string())
+            .header("content-digest", digest)
+            .body(Full::new(data.clone()))
+            .unwrap()
+    };
+    // A correct digest: stored, and the hash is in the audit record.
+    let resp = h2
+        .send_request(put(format!("sha-256=:{}:", b64(&good))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = body_string(resp).await;
+    assert_eq!(
+        up.seen()
+            .iter()
+            .filter(|s| s.method == "UPLOAD-COMPLETE")
+            .count(),
+        1
+    );
+
+    // A damaged upload: refused, and the upstream never received its end.
+    let wrong = "0".repeat(64);
+    let resp = h2
+        .send_request(put(format!("sha-256=:{}:", b64(&wrong))))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(body_string(resp).await.contains("digest"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        up.seen()
+            .iter()
+            .filter(|s| s.method == "UPLOAD-COMPLETE")
+            .count(),
+        1,
+        "the damaged upload reached the upstream whole"
+    );
+    // A malformed digest header.
+    let resp = h2
+        .send_request(put("sha-256=nonsense".into()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // A download is hashed too.
+    let resp = h2
+        .send_request(
+            Request::get("https://localhost/big/download?bytes=1048576")
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let _ = body_string(resp).await;
+    let file = dir.path().join("audit/audit.jsonl");
+    let mut found = (false, false);
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        found = (
+            text.contains(&format!("\"sha256\":\"{good}\"")),
+            text.contains(&format!(
+                "\"sha256\":\"{}\"",
+                sha256_hex(&pattern(0, 1 << 20))
+            )),
+        );
+        if found == (true, true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        found,
+        (true, true),
+        "upload and download hashes in the audit trail"
+    );
+}

@@ -100,7 +100,7 @@ fn broken_configs_report_every_error_with_position() {
         ),
         (
             "route key not supported yet",
-            fill(&format!("{HEAD}{ROUTE}integrity = true\n")),
+            fill(&format!("{HEAD}{ROUTE}idle = \"15m\"\n")),
             vec![":13:1:", "not supported yet"],
         ),
         (

@@ -448,6 +448,12 @@ async fn upstream_handle(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) ->
                     n += d.len() as u64;
                 }
             }
+            // Record that an upload arrived whole, so tests can tell it was (not) committed.
+            seen.lock().unwrap().push(Seen {
+                method: "UPLOAD-COMPLETE".into(),
+                target: n.to_string(),
+                headers: Vec::new(),
+            });
             full(
                 StatusCode::OK,
                 format!("received {n} intact={ok}").into_bytes(),
