@@ -10,51 +10,50 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// One host's routes: (prefix without trailing slash, value).
-type Prefix<T> = (Box<str>, Arc<T>);
-type Prefixes<T> = Vec<Prefix<T>>;
-
-/// Route table: host → (prefix, value) sorted by descending prefix length.
+/// Route table: host → (prefix → value). A lookup tries the path's own
+/// segment-boundary prefixes from the longest down (`/a/b/c`, `/a/b`, `/a`,
+/// `/`): a handful of hash lookups bounded by the path's depth, whatever the
+/// number of routes on the host.
 #[derive(Debug)]
 pub struct RouteTable<T> {
-    hosts: HashMap<Box<str>, Box<[Prefix<T>]>>,
+    hosts: HashMap<Box<str>, HashMap<Box<str>, Arc<T>>>,
 }
 
 impl<T> RouteTable<T> {
     /// Compiles `(host, prefix, value)` triples. Hosts and prefixes must already be canonical.
     pub fn new(entries: impl IntoIterator<Item = (String, String, Arc<T>)>) -> Self {
-        let mut by_host: HashMap<Box<str>, Prefixes<T>> = HashMap::new();
+        let mut hosts: HashMap<Box<str>, HashMap<Box<str>, Arc<T>>> = HashMap::new();
         for (host, prefix, v) in entries {
             let prefix = if prefix == "/" {
                 String::new()
             } else {
                 prefix.trim_end_matches('/').to_string()
             };
-            by_host
+            hosts
                 .entry(host.into_boxed_str())
                 .or_default()
-                .push((prefix.into_boxed_str(), v));
+                .entry(prefix.into_boxed_str())
+                .or_insert(v);
         }
-        let hosts = by_host
-            .into_iter()
-            .map(|(h, mut v)| {
-                v.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
-                (h, v.into_boxed_slice())
-            })
-            .collect();
         Self { hosts }
     }
 
     /// The route for a canonical host and decoded canonical path.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<T>> {
-        let entries = self.hosts.get(host)?;
-        entries
-            .iter()
-            .find(|(prefix, _)| {
-                path.strip_prefix(&**prefix)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-            .map(|(_, v)| v)
+        let prefixes = self.hosts.get(host)?;
+        let mut candidate = path.strip_suffix('/').unwrap_or(path);
+        loop {
+            if let Some(v) = prefixes.get(candidate) {
+                return Some(v);
+            }
+            if candidate.is_empty() {
+                return None;
+            }
+            candidate = match candidate.rfind('/') {
+                Some(i) => &candidate[..i],
+                None => "",
+            };
+        }
     }
 
     /// Number of hosts.
