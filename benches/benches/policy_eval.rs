@@ -260,16 +260,17 @@ impl Req {
 fn allow_last(n: usize, groups: Groups) -> Req {
     let last = n - 1;
     assert!(!is_deny(last));
+    // The last rule's team, the first rule's team and a group no rule names;
+    // an identity provider lists each group once.
+    let mut user_groups = vec![team_of(last, groups), team_of(0, groups)];
+    user_groups.dedup();
+    user_groups.push("staff".to_string());
     Req {
         route: route_of(last),
         method: "GET",
         path: format!("/svc{last}/chart/42"),
         source: IpAddr::V4(net_of(last).1),
-        groups: vec![
-            team_of(last, groups),
-            team_of(0, groups),
-            "staff".to_string(),
-        ],
+        groups: user_groups,
         mfa_age: Some(Duration::from_secs(600)),
     }
 }
@@ -307,6 +308,7 @@ fn random_req(rng: &mut Rng, n: usize) -> Req {
     let mut groups = vec![team_of(j, Groups::Teams)];
     if rng.below(4) != 0 {
         groups.push(team_of(i, Groups::Teams));
+        groups.dedup();
     }
     let mfa_age = match rng.below(4) {
         0 => None,

@@ -135,11 +135,11 @@ impl RouteMetrics {
         if let Some(row) = self.requests.get(proto) {
             row[status_slot(status)].fetch_add(1, Ordering::Relaxed);
         }
+        // One bucket per request (the first bound it fits under); the
+        // cumulative counts Prometheus wants are summed when scraped.
         let secs = elapsed.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_sum_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -264,11 +264,12 @@ impl Metrics {
             if count == 0 {
                 continue;
             }
+            let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
+                cumulative += m.latency_buckets[i].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "dermgate_request_duration_seconds_bucket{{route=\"{name}\",le=\"{b}\"}} {}",
-                    m.latency_buckets[i].load(Ordering::Relaxed)
+                    "dermgate_request_duration_seconds_bucket{{route=\"{name}\",le=\"{b}\"}} {cumulative}"
                 );
             }
             let _ = writeln!(
