@@ -84,18 +84,42 @@ pub(crate) struct Bucket {
 }
 
 /// Rules of one effect for one route, split so that a request visits only
-/// rules it could match: rules with `groups` under each of their groups;
-/// otherwise rules whose every path pattern starts with a literal segment
-/// under each such segment; the rest in `open`. Each list is in file order.
+/// rules it could match: rules with `groups` under each of their groups, and
+/// within a group, rules whose every path pattern starts with a literal
+/// segment under each such segment; rules without `groups` likewise by
+/// segment; the rest in `open`. Each list is in file order.
 #[derive(Debug, Default)]
 pub(crate) struct Lane {
-    /// Rules reached by neither index.
+    /// Rules without `groups` reached by no segment index.
     pub(crate) open: Box<[u32]>,
     /// Rules with a `groups` condition, under each of their groups.
-    pub(crate) by_group: FastMap<u32, Box<[u32]>>,
+    pub(crate) by_group: FastMap<u32, SegmentIndex>,
     /// Rules without `groups` whose patterns all start with a literal segment,
     /// under each of those segments.
     pub(crate) by_segment: FastMap<Box<str>, Box<[u32]>>,
+}
+
+/// Rules split by the first path segment their patterns all start with.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentIndex {
+    /// Rules with a pattern that does not start with a literal segment.
+    pub(crate) open: Box<[u32]>,
+    /// The other rules, under each of their first segments.
+    pub(crate) by_segment: FastMap<Box<str>, Box<[u32]>>,
+}
+
+impl SegmentIndex {
+    fn candidates<'a>(&'a self, first_segment: Option<&str>, f: &mut impl FnMut(&'a [u32])) {
+        if !self.open.is_empty() {
+            f(&self.open);
+        }
+        if !self.by_segment.is_empty()
+            && let Some(seg) = first_segment
+            && let Some(list) = self.by_segment.get(seg)
+        {
+            f(list);
+        }
+    }
 }
 
 impl Lane {
@@ -110,8 +134,8 @@ impl Lane {
         f(&self.open);
         if !self.by_group.is_empty() {
             for g in groups {
-                if let Some(list) = self.by_group.get(g) {
-                    f(list);
+                if let Some(index) = self.by_group.get(g) {
+                    index.candidates(first_segment, &mut f);
                 }
             }
         }
@@ -125,9 +149,38 @@ impl Lane {
 }
 
 #[derive(Default)]
+struct SegmentIndexBuilder {
+    open: Vec<u32>,
+    by_segment: BTreeMap<Box<str>, Vec<u32>>,
+}
+
+impl SegmentIndexBuilder {
+    fn push(&mut self, i: u32, segments: Option<&[&str]>) {
+        match segments {
+            Some(segments) => {
+                for s in segments {
+                    self.by_segment.entry(Box::from(*s)).or_default().push(i);
+                }
+            }
+            None => self.open.push(i),
+        }
+    }
+    fn build(self) -> SegmentIndex {
+        SegmentIndex {
+            open: self.open.into(),
+            by_segment: self
+                .by_segment
+                .into_iter()
+                .map(|(s, l)| (s, l.into_boxed_slice()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Default)]
 struct LaneBuilder {
     open: Vec<u32>,
-    by_group: BTreeMap<u32, Vec<u32>>,
+    by_group: BTreeMap<u32, SegmentIndexBuilder>,
     by_segment: BTreeMap<Box<str>, Vec<u32>>,
 }
 
@@ -149,11 +202,15 @@ fn first_literals(rule: &CompiledRule) -> Option<Vec<&str>> {
 
 impl LaneBuilder {
     fn push(&mut self, i: u32, rule: &CompiledRule) {
+        let segments = first_literals(rule);
         if let Some(ids) = &rule.groups {
             for g in ids.iter() {
-                self.by_group.entry(*g).or_default().push(i);
+                self.by_group
+                    .entry(*g)
+                    .or_default()
+                    .push(i, segments.as_deref());
             }
-        } else if let Some(segments) = first_literals(rule) {
+        } else if let Some(segments) = segments {
             for s in segments {
                 self.by_segment.entry(Box::from(s)).or_default().push(i);
             }
@@ -167,7 +224,7 @@ impl LaneBuilder {
             by_group: self
                 .by_group
                 .into_iter()
-                .map(|(g, l)| (g, l.into_boxed_slice()))
+                .map(|(g, b)| (g, b.build()))
                 .collect(),
             by_segment: self
                 .by_segment
