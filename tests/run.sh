@@ -26,8 +26,9 @@ cargo fmt --all -- --check
 step "build (tests, benches, binary)"
 cargo test --workspace --all-targets --no-run
 
+# criterion bench binaries take no libtest flags; the default thread count is the core count.
 step "tests (unit, property, end-to-end, benches in test mode)"
-cargo test --workspace --all-targets --no-fail-fast -- --test-threads 2
+cargo test --workspace --all-targets --no-fail-fast
 
 step "doc tests"
 cargo test --workspace --doc
