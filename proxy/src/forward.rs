@@ -105,6 +105,7 @@ pub struct IntegrityBody {
     hash: aws_lc_rs::digest::Context,
     expected: Option<Vec<u8>>,
     held: Option<Bytes>,
+    trailers: Option<Frame<Bytes>>,
     done: bool,
     result: Arc<std::sync::OnceLock<String>>,
 }
@@ -121,6 +122,7 @@ impl IntegrityBody {
             hash: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
             expected,
             held: None,
+            trailers: None,
             done: false,
             result,
         }
@@ -132,7 +134,7 @@ impl Body for IntegrityBody {
     type Error = BoxError;
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.held.is_none()
+        self.done && self.held.is_none() && self.trailers.is_none()
     }
 
     fn poll_frame(
@@ -141,9 +143,13 @@ impl Body for IntegrityBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             if self.done {
-                return Poll::Ready(self.held.take().map(|b| Ok(Frame::data(b))));
+                // Verified: release the held data, then any trailers, then the end.
+                if let Some(b) = self.held.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                return Poll::Ready(self.trailers.take().map(Ok));
             }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
+            let end = match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -152,28 +158,23 @@ impl Body for IntegrityBody {
                         if let Some(prev) = self.held.replace(data) {
                             return Poll::Ready(Some(Ok(Frame::data(prev))));
                         }
+                        continue;
                     }
-                    // Trailers: pass them on after the held data.
-                    Err(frame) => {
-                        if let Some(prev) = self.held.take() {
-                            self.held = None;
-                            return Poll::Ready(Some(Ok(Frame::data(prev))));
-                        }
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
+                    // Trailers end the data: check the digest before anything more goes out.
+                    Err(trailers) => Some(trailers),
                 },
-                Poll::Ready(None) => {
-                    let digest = self.hash.clone().finish();
-                    let _ = self.result.set(hex_of(digest.as_ref()));
-                    if let Some(want) = &self.expected
-                        && want.as_slice() != digest.as_ref()
-                    {
-                        self.held = None;
-                        self.done = true;
-                        return Poll::Ready(Some(Err(Box::new(DigestMismatch))));
-                    }
-                    self.done = true;
-                }
+                Poll::Ready(None) => None,
+            };
+            self.trailers = end;
+            let digest = self.hash.clone().finish();
+            let _ = self.result.set(hex_of(digest.as_ref()));
+            self.done = true;
+            if let Some(want) = &self.expected
+                && want.as_slice() != digest.as_ref()
+            {
+                self.held = None;
+                self.trailers = None;
+                return Poll::Ready(Some(Err(Box::new(DigestMismatch))));
             }
         }
     }
