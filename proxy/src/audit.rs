@@ -122,6 +122,15 @@ pub struct Record {
     /// SHA-256 of the body (integrity routes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Authentication methods of the session or token (`login`, `step_up`, decisions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amr: Option<Vec<String>>,
+    /// How the user was identified: `session`, `bearer` or `anonymous`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<&'static str>,
+    /// A high-severity record that an alert was raised for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<bool>,
     /// Hash of the previous line.
     pub prev: String,
     /// Checkpoint signature.

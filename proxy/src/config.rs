@@ -38,6 +38,73 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     /// `[audit]` (with `[keys] dir` for the checkpoint key).
     pub audit: Option<AuditConfig>,
+    /// `[oidc]`, `[session]`, `[store]`: who is asking. Without it, only
+    /// anonymous requests exist (public routes, and policy rules that need no identity).
+    pub identity: Option<IdentityConfig>,
+}
+
+/// `[oidc]` + `[session]` + `[store]` + `[keys] dir`.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// `[oidc]`.
+    pub oidc: OidcConfig,
+    /// `[session]`.
+    pub session: SessionConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[keys] dir`: assertion and TOTP-secret keys (created 0700 on first start).
+    pub keys_dir: PathBuf,
+}
+
+/// `[oidc]`: the identity provider (a value, not a global: several may come later).
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Issuer URL (discovery at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Our client id at the IdP.
+    pub client_id: String,
+    /// File holding the client secret (read at start, never logged).
+    pub client_secret_file: PathBuf,
+    /// The redirect URI registered at the IdP: `https://<auth host>/.dermgate/callback`.
+    pub callback: String,
+    /// `amr` values (or an `acr` value) that count as MFA.
+    pub mfa_amr: Vec<String>,
+    /// A private CA for the IdP's TLS certificate.
+    pub ca: Option<PathBuf>,
+    /// The claim that lists the user's groups.
+    pub groups_claim: String,
+    /// The `aud` bearer tokens must carry; without it bearer tokens are refused.
+    pub api_audience: Option<String>,
+}
+
+/// `[session]`.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The host that runs the OIDC callback; other hosts get sessions by handoff.
+    pub auth_host: String,
+    /// Idle timeout (default 30 min).
+    pub idle: Duration,
+    /// Absolute timeout (default 12 h).
+    pub absolute: Duration,
+    /// Cookie keys with ids (created on first start; `dermgate keys rotate` adds one).
+    pub keys_file: PathBuf,
+}
+
+/// `[store]`: where sessions live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// On disk, this process only (default `state/`).
+    Embedded {
+        /// Directory.
+        path: PathBuf,
+    },
+    /// Redis/Valkey, shared by replicas.
+    Redis {
+        /// `redis://` or `rediss://` URL.
+        url: String,
+        /// A private CA for `rediss://`.
+        ca: Option<PathBuf>,
+    },
 }
 
 /// `[audit]`.
@@ -154,6 +221,10 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// SHA-256 of every body into the audit record; stated upload digests are checked.
     pub integrity: bool,
+    /// Session idle timeout on this route (overrides `[session] idle`).
+    pub idle: Option<Duration>,
+    /// Session absolute timeout on this route (overrides `[session] absolute`).
+    pub absolute: Option<Duration>,
 }
 
 /// One upstream endpoint.
@@ -231,9 +302,23 @@ pub enum ConfigError {
 
 // The document's sections: (section, keys built now, keys of DESIGN.md not built yet).
 const TOP: &[&str] = &[
-    "listen", "tls", "route", "log", "limits", "policy", "audit", "keys",
+    "listen", "tls", "route", "log", "limits", "policy", "audit", "keys", "oidc", "session",
+    "store",
 ];
-const TOP_NOT_YET: &[&str] = &["oidc", "session", "store", "alerts"];
+const TOP_NOT_YET: &[&str] = &["alerts"];
+const OIDC: &[&str] = &[
+    "issuer",
+    "client_id",
+    "client_secret_file",
+    "callback",
+    "mfa_amr",
+    "ca",
+    "groups_claim",
+    "api_audience",
+];
+const SESSION: &[&str] = &["auth_host", "idle", "absolute", "keys_file"];
+const STORE: &[&str] = &["kind", "path", "url", "ca"];
+const DEFAULT_MFA_AMR: &[&str] = &["otp", "mfa", "hwk", "swk", "fpt", "face"];
 const AUDIT: &[&str] = &["file", "sync", "retain"];
 const AUDIT_NOT_YET: &[&str] = &["syslog"];
 const KEYS: &[&str] = &["dir"];
@@ -268,30 +353,15 @@ const ROUTE: &[&str] = &[
     "max_body",
     "websocket",
     "integrity",
+    "idle",
+    "absolute",
 ];
-const ROUTE_NOT_YET: &[&str] = &["idle", "absolute"];
 const TIMEOUTS: &[&str] = &["connect", "header", "idle"];
 const LOG: &[&str] = &["level", "format"];
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 // Keys of the not-yet sections, so a typo inside them is still caught.
-const NOT_YET_SECTIONS: &[(&str, &[&str])] = &[
-    (
-        "oidc",
-        &[
-            "issuer",
-            "client_id",
-            "client_secret_file",
-            "callback",
-            "mfa_amr",
-            "ca",
-            "groups_claim",
-            "api_audience",
-        ],
-    ),
-    ("session", &["auth_host", "idle", "absolute", "keys_file"]),
-    ("store", &["kind", "path", "url"]),
-    ("alerts", &["export_bytes", "export_window", "webhook"]),
-];
+const NOT_YET_SECTIONS: &[(&str, &[&str])] =
+    &[("alerts", &["export_bytes", "export_window", "webhook"])];
 
 impl Config {
     /// Reads and validates `path`.
@@ -483,6 +553,22 @@ impl Validator<'_> {
                 .table(v, "audit")
                 .map(|t| self.audit(t, v.span(), keys_dir.clone())),
         };
+        let identity = match doc.get("oidc") {
+            None => {
+                for section in ["session", "store"] {
+                    if let Some(v) = doc.get(section) {
+                        self.r.error(
+                            v.span(),
+                            format!("[{section}] needs [oidc]: sessions come from an identity provider"),
+                        );
+                    }
+                }
+                Some(None)
+            }
+            Some(v) => self
+                .identity(doc, v, keys_dir.clone())
+                .map(Some),
+        };
         let routes = self.routes(doc, span);
         let tls = tls?;
         let routes = routes?;
@@ -503,7 +589,246 @@ impl Validator<'_> {
             limits: limits?,
             policy: policy?,
             audit: audit?,
+            identity: identity?,
         })
+    }
+
+    fn https_url(&mut self, v: &Value<'_>, key: &str) -> Option<http::Uri> {
+        let s = self.r.str(v, key, "an https URL")?;
+        match s.parse::<Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() && u.query().is_none() => {
+                Some(u)
+            }
+            _ => {
+                self.r.error(
+                    v.span(),
+                    format!("`{key}`: expected an https URL such as \"https://login.example.com\", found \"{s}\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn identity(
+        &mut self,
+        doc: &DeTable<'_>,
+        oidc_v: &Value<'_>,
+        keys_dir: Option<PathBuf>,
+    ) -> Option<IdentityConfig> {
+        let t = self.r.table(oidc_v, "oidc")?;
+        let at = oidc_v.span();
+        self.r.check_keys(t, "[oidc]", OIDC, &[]);
+        let issuer = self
+            .r
+            .required(t, at.clone(), "[oidc]", "issuer", "the IdP's issuer URL")
+            .and_then(|v| {
+                self.https_url(v, "issuer")?;
+                Some(self.r.str(v, "issuer", "")?.trim_end_matches('/').to_string())
+            });
+        let client_id = self
+            .r
+            .required(t, at.clone(), "[oidc]", "client_id", "our client id at the IdP")
+            .and_then(|v| self.r.str(v, "client_id", "a client id").map(str::to_string));
+        let client_secret_file = self
+            .r
+            .required(
+                t,
+                at.clone(),
+                "[oidc]",
+                "client_secret_file",
+                "a file holding the client secret",
+            )
+            .and_then(|v| self.existing_file(v, "client_secret_file"));
+        let callback = self
+            .r
+            .required(
+                t,
+                at.clone(),
+                "[oidc]",
+                "callback",
+                "\"https://<auth host>/.dermgate/callback\"",
+            )
+            .and_then(|v| {
+                let u = self.https_url(v, "callback")?;
+                if u.path() != "/.dermgate/callback" {
+                    self.r.error(
+                        v.span(),
+                        "`callback`: the path must be /.dermgate/callback",
+                    );
+                    return None;
+                }
+                Some(u)
+            });
+        let mfa_amr = match t.get("mfa_amr") {
+            None => Some(DEFAULT_MFA_AMR.iter().map(|s| s.to_string()).collect()),
+            Some(v) => self
+                .r
+                .str_array(v, "mfa_amr", "amr values such as [\"otp\", \"hwk\"]")
+                .map(|items| items.iter().map(|i| i.get_ref().to_string()).collect()),
+        };
+        let ca = t.get("ca").and_then(|v| {
+            let p = self.existing_file(v, "ca")?;
+            if let Err(e) = tls::load_roots(&p) {
+                self.r.error(v.span(), format!("`ca`: {e}"));
+                return None;
+            }
+            Some(p)
+        });
+        let groups_claim = match t.get("groups_claim") {
+            None => Some("groups".to_string()),
+            Some(v) => self
+                .r
+                .str(v, "groups_claim", "a claim name")
+                .map(str::to_string),
+        };
+        let api_audience = t.get("api_audience").and_then(|v| {
+            self.r
+                .str(v, "api_audience", "an audience such as \"dermgate-api\"")
+                .map(str::to_string)
+        });
+        if keys_dir.is_none() {
+            self.r.error(
+                at.clone(),
+                "[oidc] needs [keys] dir: the directory for the assertion, TOTP and session keys",
+            );
+        }
+        let session = self.session(doc, callback.as_ref(), keys_dir.as_deref());
+        let store = self.store(doc);
+        Some(IdentityConfig {
+            oidc: OidcConfig {
+                issuer: issuer?,
+                client_id: client_id?,
+                client_secret_file: client_secret_file?,
+                callback: callback?.to_string(),
+                mfa_amr: mfa_amr?,
+                ca,
+                groups_claim: groups_claim?,
+                api_audience,
+            },
+            session: session?,
+            store: store?,
+            keys_dir: keys_dir?,
+        })
+    }
+
+    fn session(
+        &mut self,
+        doc: &DeTable<'_>,
+        callback: Option<&Uri>,
+        keys_dir: Option<&Path>,
+    ) -> Option<SessionConfig> {
+        let t = match doc.get("session") {
+            None => None,
+            Some(v) => Some(self.r.table(v, "session")?),
+        };
+        if let Some(t) = t {
+            self.r.check_keys(t, "[session]", SESSION, &[]);
+        }
+        let get = |k: &str| t.and_then(|t| t.get(k));
+        let auth_host = match get("auth_host") {
+            Some(v) => {
+                let s = self.r.str(v, "auth_host", "a host name")?;
+                match canonical::canonical_host(s) {
+                    Some(h) if !s.contains(':') && !s.contains('/') => Some(h.into_owned()),
+                    _ => {
+                        self.r.error(
+                            v.span(),
+                            format!("`auth_host`: expected a host name without scheme, port or path, found \"{s}\""),
+                        );
+                        None
+                    }
+                }
+            }
+            None => callback
+                .and_then(|u| u.host())
+                .and_then(canonical::canonical_host)
+                .map(|h| h.into_owned()),
+        };
+        let mut duration = |k: &str, default: u64| match get(k) {
+            None => Some(Duration::from_secs(default)),
+            Some(v) => {
+                let d = self.r.duration(v, k)?;
+                if d.is_zero() {
+                    self.r.error(v.span(), format!("`{k}` must be more than 0s"));
+                    return None;
+                }
+                Some(d)
+            }
+        };
+        let idle = duration("idle", 30 * 60);
+        let absolute = duration("absolute", 12 * 3600);
+        let keys_file = match get("keys_file") {
+            Some(v) => self.path(v, "keys_file"),
+            None => keys_dir.map(|d| d.join("session-keys")),
+        };
+        Some(SessionConfig {
+            auth_host: auth_host?,
+            idle: idle?,
+            absolute: absolute?,
+            keys_file: keys_file?,
+        })
+    }
+
+    fn store(&mut self, doc: &DeTable<'_>) -> Option<StoreConfig> {
+        let Some(v) = doc.get("store") else {
+            return Some(StoreConfig::Embedded {
+                path: self.base.join("state"),
+            });
+        };
+        let t = self.r.table(v, "store")?;
+        self.r.check_keys(t, "[store]", STORE, &[]);
+        let kind = match t.get("kind") {
+            None => "embedded",
+            Some(k) => match self.r.str(k, "kind", "\"embedded\" or \"redis\"")? {
+                "embedded" => "embedded",
+                "redis" => "redis",
+                other => {
+                    self.r.error(
+                        k.span(),
+                        dermgate_policy::text::unknown(
+                            &format!("store kind \"{other}\""),
+                            other,
+                            &["embedded", "redis"],
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        if kind == "embedded" {
+            for k in ["url", "ca"] {
+                if let Some(x) = t.get(k) {
+                    self.r
+                        .error(x.span(), format!("`{k}` is for kind = \"redis\""));
+                }
+            }
+            let path = match t.get("path") {
+                Some(p) => self.path(p, "path")?,
+                None => self.base.join("state"),
+            };
+            return Some(StoreConfig::Embedded { path });
+        }
+        if let Some(x) = t.get("path") {
+            self.r
+                .error(x.span(), "`path` is for kind = \"embedded\"");
+        }
+        let url = self
+            .r
+            .required(t, v.span(), "[store]", "url", "\"redis://host:6379/0\" or \"rediss://…\"")
+            .and_then(|u| {
+                let s = self.r.str(u, "url", "a redis URL")?;
+                if s.starts_with("redis://") || s.starts_with("rediss://") {
+                    Some(s.to_string())
+                } else {
+                    self.r.error(
+                        u.span(),
+                        format!("`url`: expected redis:// or rediss://, found \"{s}\""),
+                    );
+                    None
+                }
+            });
+        let ca = t.get("ca").and_then(|c| self.existing_file(c, "ca"));
+        Some(StoreConfig::Redis { url: url?, ca })
     }
 
     fn policy(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<PolicyConfig> {
@@ -913,7 +1238,7 @@ impl Validator<'_> {
     }
 
     fn route(&mut self, t: &DeTable<'_>, at: Range<usize>) -> Option<RouteConfig> {
-        self.r.check_keys(t, "[[route]]", ROUTE, ROUTE_NOT_YET);
+        self.r.check_keys(t, "[[route]]", ROUTE, &[]);
         let name = self
             .r
             .required(
@@ -1033,6 +1358,19 @@ impl Validator<'_> {
             Some(v) => self.r.bool(v, "integrity").unwrap_or(false),
             None => false,
         };
+        let mut session_timeout = |k: &str| match t.get(k) {
+            None => Some(None),
+            Some(v) => match self.r.duration(v, k) {
+                Some(d) if !d.is_zero() => Some(Some(d)),
+                Some(_) => {
+                    self.r.error(v.span(), format!("`{k}` must be more than 0s"));
+                    None
+                }
+                None => None,
+            },
+        };
+        let idle = session_timeout("idle");
+        let absolute = session_timeout("absolute");
         let health = match t.get("health") {
             None => None,
             Some(v) => {
@@ -1062,6 +1400,8 @@ impl Validator<'_> {
             health,
             websocket,
             integrity,
+            idle: idle?,
+            absolute: absolute?,
         })
     }
 

@@ -144,6 +144,8 @@ pub struct Shared {
     pub elevations: crate::break_glass::Elevations,
     /// The tamper-evident audit trail, when `[audit]` is configured.
     pub audit: Option<crate::audit::Audit>,
+    /// Sessions, bearer tokens and the sign-in endpoints, when `[oidc]` is configured.
+    pub identity: Option<Arc<crate::identity::IdentityService>>,
     started: Instant,
     next_id: AtomicU64,
     id_salt: u64,
@@ -179,7 +181,11 @@ impl Shared {
     }
 
     /// Compiles `cfg` into the first snapshot and loads its policy.
-    pub fn new(cfg: &Config, alt_svc_port: Option<u16>) -> Result<Self, StartError> {
+    pub fn new(
+        cfg: &Config,
+        alt_svc_port: Option<u16>,
+        identity: Option<Arc<crate::identity::IdentityService>>,
+    ) -> Result<Self, StartError> {
         let policy = match &cfg.policy {
             Some(p) => Some(Arc::new(crate::policy::load(p, None, &cfg.route_names())?)),
             None => None,
@@ -219,6 +225,7 @@ impl Shared {
             policy_cfg: cfg.policy.clone(),
             elevations: Default::default(),
             audit,
+            identity,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             id_salt,
@@ -240,21 +247,7 @@ pub enum StartError {
     Audit(#[from] crate::audit::AuditError),
 }
 
-/// Who is asking. Until identity lands, only anonymous requests exist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// No credentials were presented or needed.
-    Anonymous,
-}
-
-impl Identity {
-    /// The authenticated subject, if any.
-    pub fn subject(&self) -> Option<&str> {
-        match self {
-            Self::Anonymous => None,
-        }
-    }
-}
+pub use crate::identity::Identity;
 
 /// A WebSocket handshake, by protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +284,10 @@ pub struct RequestCtx<'c> {
     pub rule: Option<String>,
     /// The policy version that decided.
     pub policy: Option<String>,
+    /// Why there is no session (stage 2), for the sign-in answer.
+    pub no_session: crate::identity::NoSession,
+    /// The port the client named (for building sign-in URLs).
+    pub port: Option<u16>,
 }
 
 /// A request ended by the proxy, with what the user is told.
@@ -348,8 +345,9 @@ where
 {
     let start = Instant::now();
     let req = req.map(Into::into);
-    if req.uri().path() == "/.dermgate/break-glass" {
-        return crate::break_glass::handle(shared, conn, &Identity::Anonymous, req).await;
+    let path = req.uri().path();
+    if path.starts_with("/.dermgate/") && (shared.identity.is_some() || path == "/.dermgate/break-glass") {
+        return own_endpoint(shared, conn, req).await;
     }
     let html = pages::wants_html(req.headers());
     let snapshot = shared.snapshot.load();
@@ -381,13 +379,38 @@ where
     resp
 }
 
+/// The proxy's own pages under `/.dermgate/` (sign-in, step-up, break-the-glass).
+/// Rate-limited like everything else; never forwarded.
+async fn own_endpoint(shared: &Shared, conn: &ConnInfo, req: Request<Inbound>) -> Response<ProxyBody> {
+    let html = pages::wants_html(req.headers());
+    let minute = shared.started.elapsed().as_secs() / 60;
+    if !shared.rate.allow(client_address(shared, conn, &req), minute) {
+        shared.metrics.refused(RATE_LIMITED.reason);
+        return RATE_LIMITED.page(html);
+    }
+    let Some(id) = shared.identity.as_ref() else {
+        return crate::break_glass::handle(shared, conn, &Identity::Anonymous, req).await;
+    };
+    if req.uri().path() == "/.dermgate/break-glass" {
+        let identity = match id.identify(req.headers(), None).await {
+            Ok((i, _)) => i,
+            Err(_) => Identity::Anonymous,
+        };
+        return crate::break_glass::handle(shared, conn, &identity, req).await;
+    }
+    crate::identity::endpoints::handle(shared, id, conn, req).await
+}
+
 async fn decide_and_forward(
     shared: &Shared,
     mut ctx: RequestCtx<'_>,
     req: Request<Inbound>,
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
-    let outcome = identify(&mut ctx).and_then(|()| decide(shared, &mut ctx, &method));
+    let outcome = match identify(shared, &mut ctx, req.headers()).await {
+        Ok(()) => decide(shared, &mut ctx, &method),
+        Err(r) => Err(r),
+    };
     let resp = match outcome {
         Ok(()) => {
             audit_decision(&ctx, &method);
@@ -410,7 +433,7 @@ async fn decide_and_forward(
             if let Some(a) = &shared.audit {
                 a.record(decision_record(&ctx, &method, Some(&refused)));
             }
-            refused.page(ctx.html)
+            refusal(shared, &ctx, refused, req.uri())
         }
     };
     if let Some(r) = &ctx.route {
@@ -541,15 +564,120 @@ fn route<'c>(
         identity: Identity::Anonymous,
         rule: None,
         policy: None,
+        no_session: crate::identity::NoSession::None,
+        port: req
+            .uri()
+            .port_u16()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .and_then(|a| a.port_u16())
+            }),
     })
 }
 
-/// Stage 2: who is asking. Until sign-in lands every request is anonymous;
-/// policy decides what anonymous requests may reach (only rules that ask for
-/// no identity facts can match them).
-fn identify(ctx: &mut RequestCtx<'_>) -> Result<(), Refused> {
+/// Stage 2: who is asking — a bearer JWT, else the session cookie, else
+/// anonymous (see [`crate::identity`]). Public routes skip it. Fail closed: a
+/// store or IdP that cannot answer is a 503, a refused token a 401.
+async fn identify(
+    shared: &Shared,
+    ctx: &mut RequestCtx<'_>,
+    headers: &http::HeaderMap,
+) -> Result<(), Refused> {
     ctx.identity = Identity::Anonymous;
-    Ok(())
+    let Some(id) = &shared.identity else {
+        return Ok(());
+    };
+    let route = ctx.route.as_ref().map(|r| &r.cfg);
+    if route.is_some_and(|r| r.public) {
+        return Ok(());
+    }
+    match id.identify(headers, route).await {
+        Ok((identity, why)) => {
+            ctx.identity = identity;
+            ctx.no_session = why;
+            Ok(())
+        }
+        Err(crate::identity::IdentifyError::Store(e)) => {
+            tracing::error!(error = %e, "session store unavailable: refusing");
+            Err(STORE_UNAVAILABLE)
+        }
+        Err(crate::identity::IdentifyError::IdpUnavailable) => Err(Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            title: "Sign-in service unavailable",
+            detail: Cow::Borrowed(
+                "Your token cannot be checked because the identity provider cannot be reached. Try again in a minute.",
+            ),
+            reason: "idp_unavailable",
+        }),
+        Err(crate::identity::IdentifyError::Bearer(why)) => Err(Refused {
+            status: StatusCode::UNAUTHORIZED,
+            title: "Invalid token",
+            detail: Cow::Borrowed(why),
+            reason: "bearer_invalid",
+        }),
+    }
+}
+
+const STORE_UNAVAILABLE: Refused = Refused {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    title: "Temporarily unavailable",
+    detail: Cow::Borrowed(
+        "Your session cannot be checked right now, so this protected site cannot be reached. Try again in a minute; your administrator has been alerted.",
+    ),
+    reason: "store_unavailable",
+};
+
+/// The response for a refused request: a page, or — when signing in or a
+/// step-up would help — a redirect for a browser and a 401 with
+/// `WWW-Authenticate` for an API client.
+fn refusal(shared: &Shared, ctx: &RequestCtx<'_>, refused: Refused, uri: &http::Uri) -> Response<ProxyBody> {
+    let Some(id) = &shared.identity else {
+        return refused.page(ctx.html);
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{}?{q}", ctx.path.encoded),
+        None => ctx.path.encoded.clone(),
+    };
+    let port = match ctx.port {
+        Some(p) if p != 443 => format!(":{p}"),
+        _ => String::new(),
+    };
+    let challenge = match refused.reason {
+        "login_required" => {
+            if ctx.html && ctx.websocket.is_none() {
+                return crate::identity::pages::redirect(&id.login_url(&ctx.host, &port, &pq), &[])
+                    .map(Either::Right);
+            }
+            match ctx.no_session {
+                crate::identity::NoSession::None => "Bearer realm=\"dermgate\"".to_string(),
+                _ => "Bearer realm=\"dermgate\", error=\"invalid_token\", error_description=\"the session has ended\"".to_string(),
+            }
+        }
+        "mfa_required" => {
+            if ctx.html && ctx.websocket.is_none() && matches!(ctx.identity, Identity::Session(_)) {
+                return crate::identity::pages::redirect(&id.mfa_url(&ctx.host, &port, &pq), &[])
+                    .map(Either::Right);
+            }
+            "Bearer realm=\"dermgate\", error=\"insufficient_user_authentication\", error_description=\"a more recent multi-factor authentication is required\"".to_string()
+        }
+        "bearer_invalid" => format!(
+            "Bearer realm=\"dermgate\", error=\"invalid_token\", error_description=\"{}\"",
+            refused.detail
+        ),
+        _ => return refused.page(ctx.html),
+    };
+    let mut r = Refused {
+        status: StatusCode::UNAUTHORIZED,
+        ..refused
+    }
+    .page(ctx.html);
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
 }
 
 /// Stage 3: may this request reach this route? Fail closed: public routes
@@ -583,9 +711,12 @@ fn decide(shared: &Shared, ctx: &mut RequestCtx<'_>, method: &Method) -> Result<
         path: &ctx.path.decoded,
         source: ctx.client,
         user: ctx.identity.subject(),
-        groups: &[],
-        claims: None,
-        mfa_age: None,
+        groups: ctx.identity.groups(),
+        claims: match &ctx.identity {
+            Identity::Bearer(c) => Some(&c.all),
+            _ => None,
+        },
+        mfa_age: ctx.identity.mfa_age(crate::identity::session::now()),
         time: dermgate_policy::Timestamp::now(),
         device: None,
         visit_room: None,
@@ -705,6 +836,11 @@ fn decision_record(
     });
     r.tls = Some(ctx.conn.tls);
     r.decision = Some(if refused.is_some() { "deny" } else { "allow" });
+    r.auth = Some(ctx.identity.kind());
+    r.sid = ctx.identity.session_id().map(crate::identity::session_handle);
+    if !ctx.identity.amr().is_empty() {
+        r.amr = Some(ctx.identity.amr().to_vec());
+    }
     r.rule = ctx.rule.clone();
     r.policy = ctx.policy.clone();
     if let Some(f) = refused {
@@ -797,6 +933,17 @@ async fn forward(
         &ctx.host,
         ctx.client,
     );
+    if let Some(id) = &shared.identity {
+        crate::identity::strip_own_cookies(&mut parts.headers);
+        if let Some(a) = id
+            .assertion(&ctx.identity, &route.cfg.name)
+            .and_then(|a| HeaderValue::from_str(&a).ok())
+        {
+            parts
+                .headers
+                .insert(HeaderName::from_static("x-dermgate-assertion"), a);
+        }
+    }
     if let Some(kind) = ctx.websocket {
         crate::websocket::upstream_handshake_headers(&mut parts, kind);
     }

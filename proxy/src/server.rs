@@ -45,6 +45,9 @@ pub enum ServeError {
     /// The audit trail could not be opened.
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// Keys, the session store or the IdP client could not be set up.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -98,7 +101,13 @@ impl Proxy {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(cfg, alt_svc_port).map_err(|e| match e {
+        let identity = match &cfg.identity {
+            Some(id) => Some(Arc::new(
+                crate::identity::IdentityService::start(cfg, id).await?,
+            )),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(cfg, alt_svc_port, identity).map_err(|e| match e {
             pipeline::StartError::Tls(e) => ServeError::Tls(e),
             pipeline::StartError::Policy(e) => ServeError::Policy(e),
             pipeline::StartError::Audit(e) => ServeError::Audit(e),
