@@ -4,6 +4,7 @@ mod admin_client;
 mod audit_cmd;
 mod check;
 mod demo;
+mod identity_cmd;
 mod policy_cmd;
 mod serve;
 
@@ -55,6 +56,21 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: audit_cmd::AuditCmd,
+    },
+    /// Live sessions: list, revoke (every replica sees it within a second).
+    Sessions {
+        #[command(subcommand)]
+        cmd: identity_cmd::SessionsCmd,
+    },
+    /// TOTP second factor: enroll a user, check a code.
+    Totp {
+        #[command(subcommand)]
+        cmd: identity_cmd::TotpCmd,
+    },
+    /// Session cookie keys.
+    Keys {
+        #[command(subcommand)]
+        cmd: identity_cmd::KeysCmd,
     },
     /// Run a self-contained demo: dev certificates, demo backends and the proxy.
     #[command(after_help = "Example:\n  dermgate demo --state-dir ./demo-state")]
@@ -133,6 +149,9 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Demo { state_dir, listen } => demo::run(&state_dir, listen),
+        Cmd::Sessions { cmd } => identity_cmd::sessions(cmd),
+        Cmd::Totp { cmd } => identity_cmd::totp_cmd(cmd),
+        Cmd::Keys { cmd } => identity_cmd::keys(cmd),
         Cmd::Policy {
             cmd: PolicyCli::Apply { file, config },
         } => policy_apply(&file, &config),

@@ -60,7 +60,148 @@ async fn admin(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     if req.uri().path() == "/admin/v1/policy" && authorized(shared, &req) {
         return apply_policy(shared, req).await;
     }
+    if req.uri().path() == "/.dermgate/jwks.json"
+        && let Some(id) = &shared.identity
+    {
+        return text(
+            StatusCode::OK,
+            "application/jwk-set+json",
+            id.assertion.jwks.clone(),
+        );
+    }
+    let p = req.uri().path();
+    if (p.starts_with("/admin/v1/sessions")
+        || p.starts_with("/admin/v1/totp/")
+        || p == "/admin/v1/keys/rotate")
+        && authorized(shared, &req)
+    {
+        return identity_admin(shared, req).await;
+    }
     admin_get(shared, &req)
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(v) {
+        Ok(b) => text(status, "application/json", b),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "encoding failed\n",
+        ),
+    }
+}
+
+/// Sessions, TOTP and cookie keys of the running proxy.
+async fn identity_admin(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::identity::ops;
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let Some(id) = shared.identity.clone() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "identity is not configured ([oidc])\n",
+        );
+    };
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let query_user = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "user")
+            .map(|(_, v)| v.replace('+', " "))
+    });
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    let body = match http_body_util::BodyExt::collect(limited).await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, PLAIN, "body too large\n"),
+    };
+    let store_err = |e: crate::store::StoreError| {
+        text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e}\n"))
+    };
+    #[derive(serde::Deserialize)]
+    struct UserCode {
+        user: String,
+        #[serde(default)]
+        code: String,
+    }
+    match (method, path.as_str()) {
+        (http::Method::GET, "/admin/v1/sessions") => {
+            match ops::list(&id.sessions, query_user.as_deref()).await {
+                Ok(l) => json(StatusCode::OK, &l),
+                Err(e) => store_err(e),
+            }
+        }
+        (http::Method::POST, "/admin/v1/sessions/revoke") => {
+            let Ok(r) = serde_json::from_slice::<ops::RevokeRequest>(&body) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    PLAIN,
+                    "expected {\"id\": …} or {\"user\": …}\n",
+                );
+            };
+            match ops::revoke(&id.sessions, &r).await {
+                Ok(n) => {
+                    shared.audit_event(
+                        "revoke",
+                        None,
+                        Some(format!(
+                            "sessions={n} user={}",
+                            r.user.as_deref().unwrap_or("-")
+                        )),
+                        None,
+                    );
+                    json(StatusCode::OK, &serde_json::json!({ "revoked": n }))
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        (http::Method::POST, "/admin/v1/keys/rotate") => match id.rotate_cookie_keys() {
+            Ok(kid) => {
+                shared.audit_event(
+                    "key_rotation",
+                    None,
+                    Some(format!("session cookie key {kid}")),
+                    None,
+                );
+                json(StatusCode::OK, &serde_json::json!({ "kid": kid }))
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("{e}\n")),
+        },
+        (http::Method::POST, "/admin/v1/totp/enroll") => {
+            let Ok(u) = serde_json::from_slice::<UserCode>(&body) else {
+                return text(StatusCode::BAD_REQUEST, PLAIN, "expected {\"user\": …}\n");
+            };
+            match ops::totp_enroll(&id.totp, id.sessions.store(), &u.user).await {
+                Ok(e) => {
+                    shared.audit_event(
+                        "totp_enrolled",
+                        None,
+                        Some(format!("user={} by admin", u.user)),
+                        None,
+                    );
+                    json(StatusCode::OK, &e)
+                }
+                Err(e) => store_err(e),
+            }
+        }
+        (http::Method::POST, "/admin/v1/totp/verify") => {
+            let Ok(u) = serde_json::from_slice::<UserCode>(&body) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    PLAIN,
+                    "expected {\"user\": …, \"code\": …}\n",
+                );
+            };
+            match ops::totp_verify(&id.totp, id.sessions.store(), &u.user, &u.code).await {
+                Ok(v) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "result": ops::verdict_label(v) }),
+                ),
+                Err(e) => store_err(e),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "no such admin endpoint\n"),
+    }
 }
 
 /// `POST /admin/v1/policy` (body: the policy text): validate, test, write, swap.

@@ -559,15 +559,15 @@ impl Validator<'_> {
                     if let Some(v) = doc.get(section) {
                         self.r.error(
                             v.span(),
-                            format!("[{section}] needs [oidc]: sessions come from an identity provider"),
+                            format!(
+                                "[{section}] needs [oidc]: sessions come from an identity provider"
+                            ),
                         );
                     }
                 }
                 Some(None)
             }
-            Some(v) => self
-                .identity(doc, v, keys_dir.clone())
-                .map(Some),
+            Some(v) => self.identity(doc, v, keys_dir.clone()).map(Some),
         };
         let routes = self.routes(doc, span);
         let tls = tls?;
@@ -596,7 +596,9 @@ impl Validator<'_> {
     fn https_url(&mut self, v: &Value<'_>, key: &str) -> Option<http::Uri> {
         let s = self.r.str(v, key, "an https URL")?;
         match s.parse::<Uri>() {
-            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() && u.query().is_none() => {
+            Ok(u)
+                if u.scheme_str() == Some("https") && u.host().is_some() && u.query().is_none() =>
+            {
                 Some(u)
             }
             _ => {
@@ -623,12 +625,27 @@ impl Validator<'_> {
             .required(t, at.clone(), "[oidc]", "issuer", "the IdP's issuer URL")
             .and_then(|v| {
                 self.https_url(v, "issuer")?;
-                Some(self.r.str(v, "issuer", "")?.trim_end_matches('/').to_string())
+                Some(
+                    self.r
+                        .str(v, "issuer", "")?
+                        .trim_end_matches('/')
+                        .to_string(),
+                )
             });
         let client_id = self
             .r
-            .required(t, at.clone(), "[oidc]", "client_id", "our client id at the IdP")
-            .and_then(|v| self.r.str(v, "client_id", "a client id").map(str::to_string));
+            .required(
+                t,
+                at.clone(),
+                "[oidc]",
+                "client_id",
+                "our client id at the IdP",
+            )
+            .and_then(|v| {
+                self.r
+                    .str(v, "client_id", "a client id")
+                    .map(str::to_string)
+            });
         let client_secret_file = self
             .r
             .required(
@@ -651,10 +668,8 @@ impl Validator<'_> {
             .and_then(|v| {
                 let u = self.https_url(v, "callback")?;
                 if u.path() != "/.dermgate/callback" {
-                    self.r.error(
-                        v.span(),
-                        "`callback`: the path must be /.dermgate/callback",
-                    );
+                    self.r
+                        .error(v.span(), "`callback`: the path must be /.dermgate/callback");
                     return None;
                 }
                 Some(u)
@@ -749,7 +764,8 @@ impl Validator<'_> {
             Some(v) => {
                 let d = self.r.duration(v, k)?;
                 if d.is_zero() {
-                    self.r.error(v.span(), format!("`{k}` must be more than 0s"));
+                    self.r
+                        .error(v.span(), format!("`{k}` must be more than 0s"));
                     return None;
                 }
                 Some(d)
@@ -809,12 +825,17 @@ impl Validator<'_> {
             return Some(StoreConfig::Embedded { path });
         }
         if let Some(x) = t.get("path") {
-            self.r
-                .error(x.span(), "`path` is for kind = \"embedded\"");
+            self.r.error(x.span(), "`path` is for kind = \"embedded\"");
         }
         let url = self
             .r
-            .required(t, v.span(), "[store]", "url", "\"redis://host:6379/0\" or \"rediss://…\"")
+            .required(
+                t,
+                v.span(),
+                "[store]",
+                "url",
+                "\"redis://host:6379/0\" or \"rediss://…\"",
+            )
             .and_then(|u| {
                 let s = self.r.str(u, "url", "a redis URL")?;
                 if s.starts_with("redis://") || s.starts_with("rediss://") {
@@ -1363,7 +1384,8 @@ impl Validator<'_> {
             Some(v) => match self.r.duration(v, k) {
                 Some(d) if !d.is_zero() => Some(Some(d)),
                 Some(_) => {
-                    self.r.error(v.span(), format!("`{k}` must be more than 0s"));
+                    self.r
+                        .error(v.span(), format!("`{k}` must be more than 0s"));
                     None
                 }
                 None => None,

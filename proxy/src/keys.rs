@@ -47,7 +47,10 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Reads `path`, or creates it with `make()` first.
-pub fn load_or_create(path: &Path, make: impl FnOnce() -> io::Result<Vec<u8>>) -> io::Result<Vec<u8>> {
+pub fn load_or_create(
+    path: &Path,
+    make: impl FnOnce() -> io::Result<Vec<u8>>,
+) -> io::Result<Vec<u8>> {
     if !path.exists() {
         if let Some(dir) = path.parent() {
             private_dir(dir)?;
@@ -133,7 +136,10 @@ impl SealKey {
         let (n, ct) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(n).ok()?;
         let mut buf = ct.to_vec();
-        let pt = self.key.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?;
+        let pt = self
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .ok()?;
         let len = pt.len();
         buf.truncate(len);
         Some(buf)
@@ -237,10 +243,14 @@ impl CookieKeys {
         let line = new_key_line()?;
         let mut kept = Vec::new();
         // A key retires when the key after it has sealed for longer than `retire_after`.
-        for (i, raw) in text.lines().filter(|l| {
-            let l = l.trim();
-            !l.is_empty() && !l.starts_with('#')
-        }).enumerate() {
+        for (i, raw) in text
+            .lines()
+            .filter(|l| {
+                let l = l.trim();
+                !l.is_empty() && !l.starts_with('#')
+            })
+            .enumerate()
+        {
             let superseded_at = current.keys.get(i + 1).map_or(now, |k| k.created);
             if now.saturating_sub(superseded_at) <= retire_after.as_secs() {
                 kept.push(raw.to_string());

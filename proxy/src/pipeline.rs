@@ -346,7 +346,9 @@ where
     let start = Instant::now();
     let req = req.map(Into::into);
     let path = req.uri().path();
-    if path.starts_with("/.dermgate/") && (shared.identity.is_some() || path == "/.dermgate/break-glass") {
+    if path.starts_with("/.dermgate/")
+        && (shared.identity.is_some() || path == "/.dermgate/break-glass")
+    {
         return own_endpoint(shared, conn, req).await;
     }
     let html = pages::wants_html(req.headers());
@@ -381,10 +383,17 @@ where
 
 /// The proxy's own pages under `/.dermgate/` (sign-in, step-up, break-the-glass).
 /// Rate-limited like everything else; never forwarded.
-async fn own_endpoint(shared: &Shared, conn: &ConnInfo, req: Request<Inbound>) -> Response<ProxyBody> {
+async fn own_endpoint(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Inbound>,
+) -> Response<ProxyBody> {
     let html = pages::wants_html(req.headers());
     let minute = shared.started.elapsed().as_secs() / 60;
-    if !shared.rate.allow(client_address(shared, conn, &req), minute) {
+    if !shared
+        .rate
+        .allow(client_address(shared, conn, &req), minute)
+    {
         shared.metrics.refused(RATE_LIMITED.reason);
         return RATE_LIMITED.page(html);
     }
@@ -565,16 +574,13 @@ fn route<'c>(
         rule: None,
         policy: None,
         no_session: crate::identity::NoSession::None,
-        port: req
-            .uri()
-            .port_u16()
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                    .and_then(|a| a.port_u16())
-            }),
+        port: req.uri().port_u16().or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .and_then(|a| a.port_u16())
+        }),
     })
 }
 
@@ -633,7 +639,12 @@ const STORE_UNAVAILABLE: Refused = Refused {
 /// The response for a refused request: a page, or — when signing in or a
 /// step-up would help — a redirect for a browser and a 401 with
 /// `WWW-Authenticate` for an API client.
-fn refusal(shared: &Shared, ctx: &RequestCtx<'_>, refused: Refused, uri: &http::Uri) -> Response<ProxyBody> {
+fn refusal(
+    shared: &Shared,
+    ctx: &RequestCtx<'_>,
+    refused: Refused,
+    uri: &http::Uri,
+) -> Response<ProxyBody> {
     let Some(id) = &shared.identity else {
         return refused.page(ctx.html);
     };
@@ -837,7 +848,10 @@ fn decision_record(
     r.tls = Some(ctx.conn.tls);
     r.decision = Some(if refused.is_some() { "deny" } else { "allow" });
     r.auth = Some(ctx.identity.kind());
-    r.sid = ctx.identity.session_id().map(crate::identity::session_handle);
+    r.sid = ctx
+        .identity
+        .session_id()
+        .map(crate::identity::session_handle);
     if !ctx.identity.amr().is_empty() {
         r.amr = Some(ctx.identity.amr().to_vec());
     }

@@ -107,11 +107,13 @@ impl Proxy {
             )),
             None => None,
         };
-        let shared = Arc::new(Shared::new(cfg, alt_svc_port, identity).map_err(|e| match e {
-            pipeline::StartError::Tls(e) => ServeError::Tls(e),
-            pipeline::StartError::Policy(e) => ServeError::Policy(e),
-            pipeline::StartError::Audit(e) => ServeError::Audit(e),
-        })?);
+        let shared = Arc::new(
+            Shared::new(cfg, alt_svc_port, identity).map_err(|e| match e {
+                pipeline::StartError::Tls(e) => ServeError::Tls(e),
+                pipeline::StartError::Policy(e) => ServeError::Policy(e),
+                pipeline::StartError::Audit(e) => ServeError::Audit(e),
+            })?,
+        );
         Ok(Self {
             cfg: Arc::new(cfg.clone()),
             listener,

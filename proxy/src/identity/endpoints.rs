@@ -75,7 +75,12 @@ fn out(r: Response<Full<Bytes>>) -> Response<ProxyBody> {
     r.map(Either::Right)
 }
 
-fn msg(status: StatusCode, title: &str, text: &str, link: Option<(&str, &str)>) -> Response<ProxyBody> {
+fn msg(
+    status: StatusCode,
+    title: &str,
+    text: &str,
+    link: Option<(&str, &str)>,
+) -> Response<ProxyBody> {
     out(pages::message(status, title, text, link))
 }
 
@@ -119,7 +124,12 @@ impl IdentityService {
 
     /// After a session exists on the auth host: go to `rd` directly (same host)
     /// or through a one-time handoff code (another host).
-    async fn deliver(&self, rd: &str, session: &Session, cookies: Vec<String>) -> Response<ProxyBody> {
+    async fn deliver(
+        &self,
+        rd: &str,
+        session: &Session,
+        cookies: Vec<String>,
+    ) -> Response<ProxyBody> {
         let Some((uri, host)) = self.valid_rd(rd) else {
             return out(redirect("/", &cookies));
         };
@@ -186,7 +196,14 @@ async fn read_form(req: Request<Inbound>) -> Option<Bytes> {
 }
 
 /// Appends an identity `event` record (and logs it; never secrets).
-pub fn audit(shared: &Shared, event: &str, sub: Option<&str>, conn: &ConnInfo, reason: Option<String>, alert: bool) {
+pub fn audit(
+    shared: &Shared,
+    event: &str,
+    sub: Option<&str>,
+    conn: &ConnInfo,
+    reason: Option<String>,
+    alert: bool,
+) {
     if alert {
         tracing::warn!(target: "dermgate::audit", event, sub = sub.unwrap_or(""), src = %conn.client, reason = reason.as_deref().unwrap_or(""), alert, "identity event");
     } else {
@@ -213,21 +230,30 @@ pub async fn handle(
     req: Request<Inbound>,
 ) -> Response<ProxyBody> {
     let Some((host, port)) = request_host(&req) else {
-        return msg(StatusCode::BAD_REQUEST, "Bad request", "The request names no valid host.", None);
+        return msg(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request names no valid host.",
+            None,
+        );
     };
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (method, path.as_str()) {
         (Method::GET, "/.dermgate/jwks.json") => {
             let mut r = Response::new(Full::new(Bytes::from(id.assertion.jwks.clone())));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/jwk-set+json"));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
             r.headers_mut()
                 .insert(CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
             out(r)
         }
         (Method::GET, "/.dermgate/login") => login(shared, id, conn, &req, &host, &port).await,
-        (Method::GET, "/.dermgate/callback") => callback(shared, id, conn, &req, &host, &port).await,
+        (Method::GET, "/.dermgate/callback") => {
+            callback(shared, id, conn, &req, &host, &port).await
+        }
         (Method::GET, "/.dermgate/handoff") => handoff(id, &req, &host).await,
         (Method::POST, "/.dermgate/logout") => logout(shared, id, conn, req, &host, &port).await,
         (Method::GET, "/.dermgate/logged-out") => msg(
@@ -236,13 +262,34 @@ pub async fn handle(
             "Your session has ended on every site of this practice. Close the browser if this is a shared computer.",
             Some(("/", "Sign in again")),
         ),
-        (Method::GET | Method::POST, "/.dermgate/mfa") => mfa(shared, id, conn, req, &host, &port).await,
-        (Method::POST, "/.dermgate/backchannel-logout") => backchannel(shared, id, conn, req, &host).await,
-        (_, "/.dermgate/login" | "/.dermgate/callback" | "/.dermgate/handoff" | "/.dermgate/logout"
-            | "/.dermgate/logged-out" | "/.dermgate/mfa" | "/.dermgate/backchannel-logout" | "/.dermgate/jwks.json") => {
-            msg(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", "This gateway page does not accept that method.", None)
+        (Method::GET | Method::POST, "/.dermgate/mfa") => {
+            mfa(shared, id, conn, req, &host, &port).await
         }
-        _ => msg(StatusCode::NOT_FOUND, "Not found", "This gateway page does not exist.", None),
+        (Method::POST, "/.dermgate/backchannel-logout") => {
+            backchannel(shared, id, conn, req, &host).await
+        }
+        (
+            _,
+            "/.dermgate/login"
+            | "/.dermgate/callback"
+            | "/.dermgate/handoff"
+            | "/.dermgate/logout"
+            | "/.dermgate/logged-out"
+            | "/.dermgate/mfa"
+            | "/.dermgate/backchannel-logout"
+            | "/.dermgate/jwks.json",
+        ) => msg(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            "This gateway page does not accept that method.",
+            None,
+        ),
+        _ => msg(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This gateway page does not exist.",
+            None,
+        ),
     }
 }
 
@@ -256,7 +303,14 @@ async fn login(
 ) -> Response<ProxyBody> {
     let rd = query_param(req.uri(), "rd").unwrap_or_else(|| format!("https://{host}{port}/"));
     if id.valid_rd(&rd).is_none() {
-        audit(shared, "login_refused", None, conn, Some("return address not allowed".into()), false);
+        audit(
+            shared,
+            "login_refused",
+            None,
+            conn,
+            Some("return address not allowed".into()),
+            false,
+        );
         return msg(
             StatusCode::BAD_REQUEST,
             "Unknown return address",
@@ -265,7 +319,10 @@ async fn login(
         );
     }
     if host != id.cfg.session.auth_host {
-        return out(redirect(&format!("{}/.dermgate/login?rd={}", id.auth_base(port), enc(&rd)), &[]));
+        return out(redirect(
+            &format!("{}/.dermgate/login?rd={}", id.auth_base(port), enc(&rd)),
+            &[],
+        ));
     }
     // Already signed in here: hand the session on at once.
     if let Ok(Ok(s)) = id.session(req.headers(), None).await {
@@ -289,7 +346,10 @@ async fn login(
     let Some(sealed) = sealed else {
         return store_down();
     };
-    out(redirect(&url, &[set_cookie(LOGIN_COOKIE, &sealed, Some(600))]))
+    out(redirect(
+        &url,
+        &[set_cookie(LOGIN_COOKIE, &sealed, Some(600))],
+    ))
 }
 
 async fn callback(
@@ -302,45 +362,84 @@ async fn callback(
 ) -> Response<ProxyBody> {
     let restart = format!("https://{host}{port}/.dermgate/login");
     let fail = |why: &str, text: &str| {
-        audit(shared, "login_failed", None, conn, Some(why.to_string()), false);
-        let mut r = msg(StatusCode::BAD_REQUEST, "Sign-in did not complete", text, Some((&restart, "Start again")));
+        audit(
+            shared,
+            "login_failed",
+            None,
+            conn,
+            Some(why.to_string()),
+            false,
+        );
+        let mut r = msg(
+            StatusCode::BAD_REQUEST,
+            "Sign-in did not complete",
+            text,
+            Some((&restart, "Start again")),
+        );
         if let Ok(v) = HeaderValue::from_str(&clear_cookie(LOGIN_COOKIE)) {
             r.headers_mut().append(http::header::SET_COOKIE, v);
         }
         r
     };
     if host != id.cfg.session.auth_host {
-        return fail("callback on a route host", "This sign-in link is not valid here.");
+        return fail(
+            "callback on a route host",
+            "This sign-in link is not valid here.",
+        );
     }
     let uri = req.uri();
     if let Some(e) = query_param(uri, "error") {
-        let e: String = e.chars().filter(char::is_ascii_alphanumeric).take(40).collect();
-        return fail(&format!("idp error {e}"), "The sign-in was cancelled or refused by the identity provider.");
+        let e: String = e
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(40)
+            .collect();
+        return fail(
+            &format!("idp error {e}"),
+            "The sign-in was cancelled or refused by the identity provider.",
+        );
     }
     let login: Option<super::oidc::LoginState> = cookie(req.headers(), LOGIN_COOKIE)
         .and_then(|v| id.cookie_keys.load().open(LOGIN_COOKIE.as_bytes(), v))
         .and_then(|b| serde_json::from_slice(&b).ok());
     let Some(login) = login.filter(|l| l.exp > now()) else {
-        return fail("no or expired login cookie", "This sign-in attempt expired or was started in another browser. Start again.");
+        return fail(
+            "no or expired login cookie",
+            "This sign-in attempt expired or was started in another browser. Start again.",
+        );
     };
     let state = query_param(uri, "state").unwrap_or_default();
-    if aws_lc_rs::constant_time::verify_slices_are_equal(state.as_bytes(), login.state.as_bytes()).is_err() {
-        return fail("state mismatch", "This sign-in response does not belong to your sign-in attempt. Start again.");
+    if aws_lc_rs::constant_time::verify_slices_are_equal(state.as_bytes(), login.state.as_bytes())
+        .is_err()
+    {
+        return fail(
+            "state mismatch",
+            "This sign-in response does not belong to your sign-in attempt. Start again.",
+        );
     }
     // RFC 9207: when the IdP names itself, it must be ours (mix-up attacks).
     if let Some(iss) = query_param(uri, "iss")
         && iss.trim_end_matches('/') != id.cfg.oidc.issuer
     {
-        return fail("iss mismatch", "This sign-in response comes from an unexpected identity provider. Start again.");
+        return fail(
+            "iss mismatch",
+            "This sign-in response comes from an unexpected identity provider. Start again.",
+        );
     }
     let Some(code) = query_param(uri, "code") else {
-        return fail("no code", "The identity provider sent no authorization code. Start again.");
+        return fail(
+            "no code",
+            "The identity provider sent no authorization code. Start again.",
+        );
     };
     let (claims, id_token) = match id.idp.finish(&code, &login).await {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %e, "login failed");
-            return fail(&e.to_string(), "The identity provider's answer could not be verified. Start again.");
+            return fail(
+                &e.to_string(),
+                "The identity provider's answer could not be verified. Start again.",
+            );
         }
     };
     let t = now();
@@ -444,8 +543,20 @@ async fn logout(
     port: &str,
 ) -> Response<ProxyBody> {
     if !same_origin(req.headers(), host) {
-        audit(shared, "logout_refused", None, conn, Some("cross-site request".into()), false);
-        return msg(StatusCode::FORBIDDEN, "Sign-out refused", "Sign out from the page's own button.", None);
+        audit(
+            shared,
+            "logout_refused",
+            None,
+            conn,
+            Some("cross-site request".into()),
+            false,
+        );
+        return msg(
+            StatusCode::FORBIDDEN,
+            "Sign-out refused",
+            "Sign out from the page's own button.",
+            None,
+        );
     }
     let mut id_token = None;
     let mut sub = None;
@@ -495,7 +606,14 @@ async fn backchannel(
     let (sub, sid) = match id.idp.verify_logout_token(&token).await {
         Ok(x) => x,
         Err(e) => {
-            audit(shared, "backchannel_logout_refused", None, conn, Some(e.to_string()), false);
+            audit(
+                shared,
+                "backchannel_logout_refused",
+                None,
+                conn,
+                Some(e.to_string()),
+                false,
+            );
             return json(StatusCode::BAD_REQUEST, "{\"error\":\"invalid_request\"}");
         }
     };
@@ -506,10 +624,20 @@ async fn backchannel(
     };
     match ended {
         Ok(ids) => {
-            audit(shared, "backchannel_logout", sub.as_deref(), conn, Some(format!("sessions={}", ids.len())), false);
+            audit(
+                shared,
+                "backchannel_logout",
+                sub.as_deref(),
+                conn,
+                Some(format!("sessions={}", ids.len())),
+                false,
+            );
             json(StatusCode::OK, "{}")
         }
-        Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"temporarily_unavailable\"}"),
+        Err(_) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{\"error\":\"temporarily_unavailable\"}",
+        ),
     }
 }
 
@@ -523,13 +651,28 @@ async fn mfa(
 ) -> Response<ProxyBody> {
     let is_post = req.method() == Method::POST;
     if is_post && !same_origin(req.headers(), host) {
-        audit(shared, "mfa_refused", None, conn, Some("cross-site request".into()), false);
-        return msg(StatusCode::FORBIDDEN, "Refused", "Use the form on this page.", None);
+        audit(
+            shared,
+            "mfa_refused",
+            None,
+            conn,
+            Some("cross-site request".into()),
+            false,
+        );
+        return msg(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "Use the form on this page.",
+            None,
+        );
     }
     let query_rd = query_param(req.uri(), "rd");
     if host != id.cfg.session.auth_host {
         let rd = query_rd.unwrap_or_else(|| format!("https://{host}{port}/"));
-        return out(redirect(&format!("{}/.dermgate/mfa?rd={}", id.auth_base(port), enc(&rd)), &[]));
+        return out(redirect(
+            &format!("{}/.dermgate/mfa?rd={}", id.auth_base(port), enc(&rd)),
+            &[],
+        ));
     }
     let session = match id.session(req.headers(), None).await {
         Ok(Ok(s)) => s,
@@ -545,7 +688,12 @@ async fn mfa(
         let headers = req.headers().clone();
         let _ = headers;
         let Some(body) = read_form(req).await else {
-            return msg(StatusCode::BAD_REQUEST, "Bad request", "The form could not be read.", None);
+            return msg(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The form could not be read.",
+                None,
+            );
         };
         (form_param(&body, "code"), form_param(&body, "rd"))
     } else {
@@ -559,7 +707,14 @@ async fn mfa(
         Enrollment::Pending(secret) => {
             let uri = super::totp::otpauth_uri(secret, &sub).unwrap_or_default();
             let svg = super::totp::qr_svg(&uri).unwrap_or_default();
-            out(pages::enroll(status, &sub, &svg, &super::totp::base32(secret), &rd, error))
+            out(pages::enroll(
+                status,
+                &sub,
+                &svg,
+                &super::totp::base32(secret),
+                &rd,
+                error,
+            ))
         }
     };
     let enrollment = match id.totp.enrollment(&store, &sub).await {
@@ -590,13 +745,36 @@ async fn mfa(
             let Ok(sealed) = id.seal_cookie(&renewed) else {
                 return store_down();
             };
-            let event = if matches!(enrollment, Enrollment::Pending(_)) { "totp_enrolled" } else { "step_up" };
-            audit(shared, event, Some(&sub), conn, Some("mfa=totp".into()), false);
-            id.deliver(&rd, &renewed, vec![set_cookie(COOKIE_NAME, &sealed, None)]).await
+            let event = if matches!(enrollment, Enrollment::Pending(_)) {
+                "totp_enrolled"
+            } else {
+                "step_up"
+            };
+            audit(
+                shared,
+                event,
+                Some(&sub),
+                conn,
+                Some("mfa=totp".into()),
+                false,
+            );
+            id.deliver(&rd, &renewed, vec![set_cookie(COOKIE_NAME, &sealed, None)])
+                .await
         }
         Verdict::Wrong | Verdict::Replayed => {
-            let why = if verdict == Verdict::Replayed { "code already used" } else { "wrong code" };
-            audit(shared, "mfa_failure", Some(&sub), conn, Some(why.into()), false);
+            let why = if verdict == Verdict::Replayed {
+                "code already used"
+            } else {
+                "wrong code"
+            };
+            audit(
+                shared,
+                "mfa_failure",
+                Some(&sub),
+                conn,
+                Some(why.into()),
+                false,
+            );
             page(
                 StatusCode::UNAUTHORIZED,
                 Some(if verdict == Verdict::Replayed {
@@ -609,7 +787,17 @@ async fn mfa(
         }
         Verdict::LockedNow | Verdict::Locked => {
             if verdict == Verdict::LockedNow {
-                audit(shared, "mfa_lockout", Some(&sub), conn, Some(format!("{} failures in 5 minutes", super::totp::MAX_FAILURES)), true);
+                audit(
+                    shared,
+                    "mfa_lockout",
+                    Some(&sub),
+                    conn,
+                    Some(format!(
+                        "{} failures in 5 minutes",
+                        super::totp::MAX_FAILURES
+                    )),
+                    true,
+                );
             }
             msg(
                 StatusCode::TOO_MANY_REQUESTS,

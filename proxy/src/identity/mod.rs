@@ -12,6 +12,7 @@
 
 pub mod endpoints;
 pub mod oidc;
+pub mod ops;
 pub mod pages;
 pub mod session;
 pub mod totp;
@@ -83,7 +84,9 @@ impl Identity {
         match self {
             Self::Anonymous => None,
             Self::Session(s) => s.record.mfa_age(now),
-            Self::Bearer(c) => c.mfa_age.map(|t| Duration::from_secs(now.saturating_sub(t))),
+            Self::Bearer(c) => c
+                .mfa_age
+                .map(|t| Duration::from_secs(now.saturating_sub(t))),
         }
     }
 
@@ -320,10 +323,7 @@ impl IdentityService {
             record.last_seen = now;
             self.sessions.update(&body.i, &record).await?;
         }
-        Ok(Ok(Session {
-            id: body.i,
-            record,
-        }))
+        Ok(Ok(Session { id: body.i, record }))
     }
 
     /// Stage 2: bearer token, else session cookie, else anonymous.

@@ -92,11 +92,16 @@ impl Claims {
     fn from_json(all: Map<String, Value>, groups_claim: &str) -> Result<Self, &'static str> {
         let s = |k: &str| all.get(k).and_then(Value::as_str).map(str::to_string);
         let list = |k: &str| match all.get(k) {
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             Some(Value::String(x)) => vec![x.clone()],
             _ => Vec::new(),
         };
-        let sub = s("sub").filter(|s| !s.is_empty()).ok_or("the token has no sub")?;
+        let sub = s("sub")
+            .filter(|s| !s.is_empty())
+            .ok_or("the token has no sub")?;
         Ok(Self {
             sub,
             groups: list(groups_claim),
@@ -231,7 +236,10 @@ impl Idp {
             .await
             .map_err(|e| IdpError::Unavailable(format!("{url}: {e}")))?;
         if !resp.status().is_success() {
-            return Err(IdpError::Unavailable(format!("{url}: HTTP {}", resp.status())));
+            return Err(IdpError::Unavailable(format!(
+                "{url}: HTTP {}",
+                resp.status()
+            )));
         }
         resp.json()
             .await
@@ -302,7 +310,11 @@ impl Idp {
 
     /// Exchanges the code and verifies the ID token (signature from the JWKS,
     /// `iss`, `aud`, `exp`, `nonce`); returns its claims and the raw token.
-    pub async fn finish(&self, code: &str, login: &LoginState) -> Result<(Claims, String), IdpError> {
+    pub async fn finish(
+        &self,
+        code: &str,
+        login: &LoginState,
+    ) -> Result<(Claims, String), IdpError> {
         let st = self.current().await?;
         let client = self.client(&st)?;
         let resp = client
@@ -372,18 +384,27 @@ impl Idp {
                     .ok_or(IdpError::Token("the token's key (kid) is unknown"))?
             }
         };
-        let alg = key_algorithm(&jwk).ok_or(IdpError::Token("the IdP key has no usable algorithm"))?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|_| IdpError::Token("the IdP key is unusable"))?;
+        let alg =
+            key_algorithm(&jwk).ok_or(IdpError::Token("the IdP key has no usable algorithm"))?;
+        let key =
+            DecodingKey::from_jwk(&jwk).map_err(|_| IdpError::Token("the IdP key is unusable"))?;
         Ok((key, alg))
     }
 
-    async fn verify(&self, token: &str, aud: &str, required: &[&str]) -> Result<Map<String, Value>, IdpError> {
+    async fn verify(
+        &self,
+        token: &str,
+        aud: &str,
+        required: &[&str],
+    ) -> Result<Map<String, Value>, IdpError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| IdpError::Token("malformed token"))?;
         let (key, alg) = self.key_for(header.kid.as_deref()).await?;
         // The algorithm comes from the key, never from the token.
         if header.alg != alg {
-            return Err(IdpError::Token("the token's algorithm does not match its key"));
+            return Err(IdpError::Token(
+                "the token's algorithm does not match its key",
+            ));
         }
         let mut v = Validation::new(alg);
         v.leeway = 30;
@@ -413,10 +434,14 @@ impl Idp {
             .api_audience
             .as_deref()
             .ok_or(IdpError::Token("bearer tokens are not accepted here"))?;
-        let all = self.verify(token, aud, &["exp", "iss", "aud", "sub"]).await?;
+        let all = self
+            .verify(token, aud, &["exp", "iss", "aud", "sub"])
+            .await?;
         let mut c = Claims::from_json(all, &self.cfg.groups_claim).map_err(IdpError::Token)?;
         if c.mfa_method(&self.cfg.mfa_amr).is_some() {
-            c.mfa_age = c.auth_time.or_else(|| c.all.get("iat").and_then(Value::as_u64));
+            c.mfa_age = c
+                .auth_time
+                .or_else(|| c.all.get("iat").and_then(Value::as_u64));
         }
         Ok(c)
     }
@@ -451,7 +476,12 @@ impl Idp {
 fn oauth_error<E: std::error::Error>(e: &E) -> String {
     // The error chain may echo the IdP's body; keep its first line short.
     let s = e.to_string();
-    s.lines().next().unwrap_or_default().chars().take(200).collect()
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
 }
 
 /// The (unverified) payload of a compact JWS; call only after verifying it.

@@ -42,7 +42,10 @@ pub fn html(status: StatusCode, title: &str, body: &str) -> Response<Full<Bytes>
     let mut r = Response::new(Full::new(Bytes::from(page)));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         CONTENT_SECURITY_POLICY,
@@ -54,7 +57,10 @@ pub fn html(status: StatusCode, title: &str, body: &str) -> Response<Full<Bytes>
         http::header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(http::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
     r
 }
@@ -73,7 +79,10 @@ pub fn redirect(to: &str, cookies: &[String]) -> Response<Full<Bytes>> {
         }
     }
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(http::header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
     r
 }
@@ -100,13 +109,21 @@ fn code_form(rd: &str, error: Option<&str>) -> String {
 <input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" \
 pattern=\"[0-9]{{6}}\" maxlength=\"6\" required autofocus>\
 <div><button id=\"submit\" type=\"submit\">Verify</button></div></form>",
-        err = error.map_or(String::new(), |e| format!("<p class=\"e\" role=\"alert\">{}</p>", esc(e))),
+        err = error.map_or(String::new(), |e| format!(
+            "<p class=\"e\" role=\"alert\">{}</p>",
+            esc(e)
+        )),
         rd = esc(rd),
     )
 }
 
 /// Step-up for an enrolled user.
-pub fn step_up(status: StatusCode, user: &str, rd: &str, error: Option<&str>) -> Response<Full<Bytes>> {
+pub fn step_up(
+    status: StatusCode,
+    user: &str,
+    rd: &str,
+    error: Option<&str>,
+) -> Response<Full<Bytes>> {
     html(
         status,
         "Confirm it's you",
@@ -144,7 +161,12 @@ authenticator app\">{qr_svg}</figure><p>Can't scan? Enter this key by hand: \
 }
 
 /// A page with a message and an optional link.
-pub fn message(status: StatusCode, title: &str, text: &str, link: Option<(&str, &str)>) -> Response<Full<Bytes>> {
+pub fn message(
+    status: StatusCode,
+    title: &str,
+    text: &str,
+    link: Option<(&str, &str)>,
+) -> Response<Full<Bytes>> {
     let link = link.map_or(String::new(), |(href, label)| {
         format!("<p><a href=\"{}\">{}</a></p>", esc(href), esc(label))
     });

@@ -151,7 +151,9 @@ impl Sessions {
     /// Writes an updated record (last seen, MFA time) back.
     pub async fn update(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
         let json = serde_json::to_vec(record).map_err(corrupt)?;
-        self.store.put(&key(id), &json, Some(self.ttl(record))).await
+        self.store
+            .put(&key(id), &json, Some(self.ttl(record)))
+            .await
     }
 
     /// Gives the session a new id (at step-up: no fixation), deleting the old one.

@@ -129,7 +129,12 @@ impl Totp {
         format!("totp:{sub}").into_bytes()
     }
 
-    async fn secret(&self, store: &Store, key: &str, sub: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn secret(
+        &self,
+        store: &Store,
+        key: &str,
+        sub: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         match store.get(key).await? {
             None => Ok(None),
             Some(sealed) => self
@@ -149,8 +154,14 @@ impl Totp {
             return Ok(Enrollment::Pending(s));
         }
         let secret = crate::keys::random(20).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        self.store_secret(store, &format!("tp:{}", u(sub)), sub, &secret, Some(LOCK_FOR))
-            .await?;
+        self.store_secret(
+            store,
+            &format!("tp:{}", u(sub)),
+            sub,
+            &secret,
+            Some(LOCK_FOR),
+        )
+        .await?;
         Ok(Enrollment::Pending(secret))
     }
 
@@ -179,7 +190,13 @@ impl Totp {
     }
 
     /// Checks `code` for `sub` at unix time `now`: lock, replay guard, failure count.
-    pub async fn verify(&self, store: &Store, sub: &str, code: &str, now: u64) -> Result<Verdict, StoreError> {
+    pub async fn verify(
+        &self,
+        store: &Store,
+        sub: &str,
+        code: &str,
+        now: u64,
+    ) -> Result<Verdict, StoreError> {
         let who = u(sub);
         if store.get(&format!("tl:{who}")).await?.is_some() {
             return Ok(Verdict::Locked);
@@ -194,9 +211,17 @@ impl Totp {
         let verdict = match matching_step(&secret, sub, code, now) {
             Some(step) => {
                 let first = store
-                    .put_new(&format!("tu:{who}:{step}"), b"", Some(Duration::from_secs(4 * STEP)))
+                    .put_new(
+                        &format!("tu:{who}:{step}"),
+                        b"",
+                        Some(Duration::from_secs(4 * STEP)),
+                    )
                     .await?;
-                if first { Verdict::Accepted } else { Verdict::Replayed }
+                if first {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Replayed
+                }
             }
             None => Verdict::Wrong,
         };
