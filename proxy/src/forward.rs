@@ -328,9 +328,21 @@ pub struct ResponseBody {
     metrics: Arc<RouteMetrics>,
     on_complete: Option<OnComplete>,
     hash: Option<aws_lc_rs::digest::Context>,
+    cut: Option<Arc<crate::identity::streams::StreamFlag>>,
 }
 
+/// The stream was cut because its session ended.
+#[derive(Debug, thiserror::Error)]
+#[error("the session of this stream ended")]
+pub struct SessionEnded;
+
 impl ResponseBody {
+    /// Ends the body with an error (the client sees a reset, never a clean
+    /// but truncated end) once `flag` is closed.
+    pub fn cut_when(&mut self, flag: Arc<crate::identity::streams::StreamFlag>) {
+        self.cut = Some(flag);
+    }
+
     /// Runs `f` with the body bytes sent (and the SHA-256, when hashing) once
     /// the response ends or is abandoned.
     pub fn on_complete(&mut self, f: OnComplete) {
@@ -355,13 +367,21 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(flag) = &self.cut {
+            if flag.is_closed() {
+                return Poll::Ready(Some(Err(Box::new(SessionEnded))));
+            }
+            flag.register(cx.waker());
+        }
+        let polled = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as Self::Error);
         if let Poll::Ready(Some(Ok(f))) = &polled
             && let Some(d) = f.data_ref()
         {
@@ -611,6 +631,7 @@ impl UpstreamPool {
                             metrics: self.metrics.clone(),
                             on_complete: None,
                             hash: None,
+                            cut: None,
                         })
                     });
                 }

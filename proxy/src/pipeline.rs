@@ -627,6 +627,9 @@ async fn identify(
     }
 }
 
+/// Responses larger than this (or of unknown length) are watched as live streams.
+const LIVE_STREAM_BYTES: u64 = 1 << 20;
+
 const STORE_UNAVAILABLE: Refused = Refused {
     status: StatusCode::SERVICE_UNAVAILABLE,
     title: "Temporarily unavailable",
@@ -986,8 +989,20 @@ async fn forward(
     let elapsed_ms = ctx.start.elapsed().as_millis();
     match result {
         Ok(mut resp) => {
+            // Streams of a session end when the session does (see identity::streams).
+            let cut = match (&shared.identity, ctx.identity.session_id()) {
+                (Some(id), Some(sid))
+                    if ctx.websocket.is_some()
+                        || http_body::Body::size_hint(resp.body())
+                            .exact()
+                            .is_none_or(|n| n > LIVE_STREAM_BYTES) =>
+                {
+                    Some(id.streams.register(sid))
+                }
+                _ => None,
+            };
             if let (Some(kind), Some(client_upgrade)) = (ctx.websocket, client_upgrade) {
-                return crate::websocket::splice(kind, client_upgrade, &mut resp, ctx.html)
+                return crate::websocket::splice(kind, client_upgrade, &mut resp, cut)
                     .unwrap_or_else(|| {
                         Refused {
                             status: StatusCode::BAD_GATEWAY,
@@ -1001,6 +1016,9 @@ async fn forward(
             let (mut parts, mut body) = resp.into_parts();
             if route.cfg.integrity {
                 body.hash();
+            }
+            if let Some(flag) = cut {
+                body.cut_when(flag);
             }
             if let Some(audit) = shared.audit.clone() {
                 let mut rec = complete_record(ctx, parts.status.as_u16());

@@ -102,9 +102,11 @@ impl Proxy {
             None => None,
         };
         let identity = match &cfg.identity {
-            Some(id) => Some(Arc::new(
-                crate::identity::IdentityService::start(cfg, id).await?,
-            )),
+            Some(id) => {
+                let s = Arc::new(crate::identity::IdentityService::start(cfg, id).await?);
+                crate::identity::streams::spawn_watcher(&s);
+                Some(s)
+            }
             None => None,
         };
         let shared = Arc::new(

@@ -41,7 +41,7 @@ pub fn splice(
     kind: WebSocket,
     client: OnUpgrade,
     upstream: &mut Response<ResponseBody>,
-    _html: bool,
+    cut: Option<std::sync::Arc<crate::identity::streams::StreamFlag>>,
 ) -> Option<Response<ProxyBody>> {
     if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
         tracing::info!(
@@ -83,11 +83,20 @@ pub fn splice(
             (Ok(c), Ok(u)) => {
                 let mut c = TokioIo::new(c);
                 let mut u = TokioIo::new(u);
-                match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                    Ok((up, down)) => {
-                        tracing::info!(bytes_in = up, bytes_out = down, "websocket closed")
+                let ended = async {
+                    match &cut {
+                        Some(flag) => flag.closed().await,
+                        None => std::future::pending().await,
                     }
-                    Err(e) => tracing::debug!(error = %e, "websocket ended with an error"),
+                };
+                tokio::select! {
+                    r = tokio::io::copy_bidirectional(&mut c, &mut u) => match r {
+                        Ok((up, down)) => {
+                            tracing::info!(bytes_in = up, bytes_out = down, "websocket closed")
+                        }
+                        Err(e) => tracing::debug!(error = %e, "websocket ended with an error"),
+                    },
+                    () = ended => tracing::info!("websocket cut: its session ended"),
                 }
             }
             (c, u) => tracing::debug!(

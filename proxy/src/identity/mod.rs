@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod ops;
 pub mod pages;
 pub mod session;
+pub mod streams;
 pub mod totp;
 
 use std::collections::HashSet;
@@ -168,6 +169,8 @@ pub struct IdentityService {
     pub hosts: HashSet<String>,
     /// Assertion issuer: `https://<auth host>`.
     pub assertion_iss: String,
+    /// Open live streams by session.
+    pub streams: streams::LiveStreams,
 }
 
 impl std::fmt::Debug for IdentityService {
@@ -230,6 +233,7 @@ impl IdentityService {
             assertion,
             totp,
             hosts,
+            streams: Default::default(),
         })
     }
 
