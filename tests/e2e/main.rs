@@ -10,6 +10,7 @@ mod check;
 mod common;
 mod dataplane;
 mod forwarding;
+mod identity;
 mod operations;
 mod policy;
 mod streaming;

@@ -484,9 +484,6 @@ async fn callback(
         }),
         false,
     );
-    if let Some(a) = &shared.audit {
-        let _ = a; // the event above carries the facts; amr is added below
-    }
     let cookies = vec![
         set_cookie(COOKIE_NAME, &sealed, None),
         clear_cookie(LOGIN_COOKIE),
@@ -685,8 +682,6 @@ async fn mfa(
     let sub = session.record.sub.clone();
     let store = id.sessions.store().clone();
     let (code, rd) = if is_post {
-        let headers = req.headers().clone();
-        let _ = headers;
         let Some(body) = read_form(req).await else {
             return msg(
                 StatusCode::BAD_REQUEST,

@@ -321,9 +321,10 @@ impl IdentityService {
             tracing::info!(sub = %record.sub, why, "session expired");
             return Ok(Err(NoSession::Ended));
         }
-        // Last seen moves at most every 5 s: idle timeouts are minutes, and the
-        // store is not written on every request.
-        if now.saturating_sub(record.last_seen) >= 5 {
+        // Last seen moves at most every 5 s (or a quarter of the idle timeout):
+        // the store is not written on every request.
+        let every = (idle.as_secs() / 4).clamp(1, 5);
+        if now.saturating_sub(record.last_seen) >= every {
             record.last_seen = now;
             self.sessions.update(&body.i, &record).await?;
         }

@@ -59,7 +59,7 @@ pub fn html(status: StatusCode, title: &str, body: &str) -> Response<Full<Bytes>
     );
     h.insert(
         http::header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
     r
@@ -81,7 +81,7 @@ pub fn redirect(to: &str, cookies: &[String]) -> Response<Full<Bytes>> {
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         http::header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
     r

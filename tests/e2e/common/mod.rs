@@ -57,7 +57,7 @@ impl Certs {
         let out = Command::new(BIN)
             .args(["certs", "dev", "--out"])
             .arg(dir.path())
-            .args(["--name", "ehr.test", "--name", "img.test"])
+            .args(["--name", "ehr.test", "--name", "img.test", "--name", "gate.test"])
             .output()
             .unwrap();
         assert!(out.status.success(), "certs dev failed: {out:?}");
@@ -239,6 +239,8 @@ pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
 pub const FILE_LEN: usize = 1 << 20;
 
 type UpBody = http_body_util::Either<Full<Bytes>, pattern_body::Chunks>;
+
+pub mod idp;
 
 pub mod pattern_body {
     //! A tiny pattern stream: N bytes in 64 KiB frames, generated on demand.
