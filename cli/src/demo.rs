@@ -73,13 +73,64 @@ async fn demo(state_dir: &Path, listen: SocketAddr) -> Result<(), String> {
     });
     let ehr = start_backend(tls.clone(), backend.clone(), Kind::Ehr).await?;
     let img = start_backend(tls.clone(), backend.clone(), Kind::Imaging).await?;
-    let video = start_backend(tls, backend, Kind::Video).await?;
+    let video = start_backend(tls.clone(), backend, Kind::Video).await?;
+
+    // The proxy's port must be known up front: the dev IdP registers its callback.
+    let listen = if listen.port() == 0 {
+        let probe = std::net::TcpListener::bind(listen).map_err(|e| format!("{listen}: {e}"))?;
+        probe.local_addr().map_err(|e| e.to_string())?
+    } else {
+        listen
+    };
+    let port = listen.port();
+    let admin = std::net::TcpListener::bind((listen.ip(), 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("admin port: {e}"))?;
+    let secrets = state_dir.join("secrets");
+    dermgate_proxy::keys::private_dir(&secrets)
+        .map_err(|e| format!("{}: {e}", secrets.display()))?;
+    let client_secret = dermgate_proxy::keys::token(24).map_err(|e| e.to_string())?;
+    let admin_token = dermgate_proxy::keys::token(24).map_err(|e| e.to_string())?;
+    for (name, value) in [
+        ("oidc-client-secret", &client_secret),
+        ("admin-token", &admin_token),
+    ] {
+        let p = secrets.join(name);
+        let _ = std::fs::remove_file(&p);
+        dermgate_proxy::keys::write_private(&p, value.as_bytes())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("dev IdP: {e}"))?;
+    let idp_port = idp_listener.local_addr().map_err(|e| e.to_string())?.port();
+    let idp = crate::dev_idp::start(
+        idp_listener,
+        crate::dev_idp::DevIdpConfig {
+            tls,
+            issuer: format!("https://localhost:{idp_port}"),
+            client_id: "dermgate".into(),
+            client_secret,
+            redirect_uris: vec![format!("https://localhost:{port}/.dermgate/callback")],
+            post_logout_redirect_uris: vec![format!(
+                "https://localhost:{port}/.dermgate/logged-out"
+            )],
+        },
+    )
+    .await?;
+    let policy_path = state_dir.join("policy.toml");
+    if !policy_path.is_file() {
+        std::fs::write(&policy_path, DEMO_POLICY)
+            .map_err(|e| format!("{}: {e}", policy_path.display()))?;
+    }
 
     let config_path = state_dir.join("dermgate.toml");
     let config_text = format!(
         r#"# Written by `dermgate demo` (DEVELOPMENT ONLY). Regenerated at every start.
 [listen]
 addr = "{listen}"
+admin = "{admin}"
+admin_token_file = "secrets/admin-token"
 
 [tls]
 cert = "certs/server.pem"
@@ -89,14 +140,39 @@ key = "certs/server.key"
 level = "info"
 format = "text"
 
-# Public only because the demo has no identity provider yet: in production
-# these routes would require an MFA-backed session and pass the policy.
+# The dev IdP runs inside `dermgate demo` (DEVELOPMENT ONLY, demo users).
+[oidc]
+issuer = "{issuer}"
+client_id = "dermgate"
+client_secret_file = "secrets/oidc-client-secret"
+callback = "https://localhost:{port}/.dermgate/callback"
+ca = "certs/ca.pem"
+mfa_amr = ["otp", "mfa"]
+api_audience = "dermgate-api"
+
+[session]
+auth_host = "localhost"
+idle = "30m"
+absolute = "12h"
+
+[keys]
+dir = "secrets"
+
+[store]
+kind = "embedded"
+path = "store"
+
+[policy]
+file = "policy.toml"
+
+[audit]
+file = "audit/audit.jsonl"
+
 [[route]]
 name = "ehr"
 host = "localhost"
 upstreams = ["https://{ehr}"]
 upstream_ca = "certs/ca.pem"
-public = true
 
 [[route]]
 name = "imaging"
@@ -104,8 +180,8 @@ host = "localhost"
 path = "/imaging"
 upstreams = ["https://{img}"]
 upstream_ca = "certs/ca.pem"
-public = true
 max_body = "2GiB"
+integrity = true
 
 [[route]]
 name = "video"
@@ -113,9 +189,9 @@ host = "localhost"
 path = "/visit"
 upstreams = ["https://{video}"]
 upstream_ca = "certs/ca.pem"
-public = true
 websocket = true
-"#
+"#,
+        issuer = idp.issuer,
     );
     std::fs::write(&config_path, config_text)
         .map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -123,26 +199,42 @@ websocket = true
     let proxy = crate::serve::start(&cfg)
         .await
         .map_err(|_| "the proxy could not start".to_string())?;
-    let addr = proxy.local_addr().unwrap_or(listen);
     let ca = certs_dir.join("ca.pem");
-    let port = addr.port();
+    let users: String = crate::dev_idp::DEMO_USERS
+        .iter()
+        .map(|u| {
+            format!(
+                "                       {:<10} password {:<20} {}\n",
+                u.username,
+                u.password,
+                match (u.groups.first(), u.mfa) {
+                    (None, _) => "no groups: every page is denied".to_string(),
+                    (Some(&"patients"), _) => "patients: the video visit only".to_string(),
+                    (Some(g), true) => format!("{g}, IdP did MFA"),
+                    (Some(g), false) => format!("{g}, no MFA at the IdP: dermgate's TOTP step-up"),
+                }
+            )
+        })
+        .collect();
     println!(
         r#"
- ┌─ dermgate demo ── DEVELOPMENT ONLY: dev CA, demo backends, public demo routes ─┐
+ ┌─ dermgate demo ── DEVELOPMENT ONLY: dev CA, dev IdP, demo users, demo backends ─┐
 
   Open in a browser:   https://localhost:{port}/            (demo EHR)
                        https://localhost:{port}/imaging/    (imaging viewer, Range, upload)
                        https://localhost:{port}/visit/      (video visit: WebSocket signaling)
                        HTTP/3 is on the same port (UDP); browsers switch to it via Alt-Svc
 
+  Sign in as (dev IdP at {issuer}, DEVELOPMENT ONLY):
+{users}
   Trust the dev CA:    {ca}
     Chromium/Chrome: Settings → Privacy and security → Security → Manage certificates
                      → Authorities → Import, then tick "Trust this certificate for identifying websites"
     Firefox:         Settings → Certificates → View Certificates → Authorities → Import
-    or just try it:  curl --cacert {ca} https://localhost:{port}/
+    or just try it:  curl --cacert {ca} https://localhost:{port}/   (401: sign in first)
 
-  Range request:       curl --cacert {ca} -r 0-1023 -o /dev/null -w '%{{http_code}} %{{size_download}}\n' https://localhost:{port}/imaging/lesion.bmp
-  Upload:              curl --cacert {ca} -T {ca} https://localhost:{port}/imaging/upload/test.pem
+  Sessions:            dermgate sessions list --config {config}
+  Audit trail:         dermgate audit verify {audit}
 
   Config in use:       {config}   (dermgate check --config {config})
   Backends:            ehr https://{ehr}   imaging https://{img}   video https://{video}   (TLS 1.3, dev CA)
@@ -150,10 +242,36 @@ websocket = true
 "#,
         ca = ca.display(),
         config = config_path.display(),
+        issuer = idp.issuer,
+        audit = state_dir.join("audit/audit.jsonl").display(),
     );
     proxy.run(crate::serve::shutdown_signal()).await;
+    drop(idp);
     Ok(())
 }
+
+/// The demo's segmentation policy (written once; edit it, or use `dermgate policy`).
+const DEMO_POLICY: &str = r#"# dermgate demo policy (DEVELOPMENT ONLY). Default deny.
+[[rule]]
+name = "clinicians-ehr-imaging"
+effect = "allow"
+routes = ["ehr", "imaging"]
+groups = ["clinicians"]
+mfa_max_age = "12h"
+
+[[rule]]
+name = "clinicians-visits"
+effect = "allow"
+routes = ["video"]
+groups = ["clinicians"]
+mfa_max_age = "12h"
+
+[[rule]]
+name = "patients-visits"
+effect = "allow"
+routes = ["video"]
+groups = ["patients"]
+"#;
 
 #[derive(Clone, Copy)]
 enum Kind {

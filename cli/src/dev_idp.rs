@@ -129,6 +129,10 @@ pub struct DevIdp {
     /// The issuer, as configured.
     pub issuer: String,
     /// Where it listens.
+    #[allow(
+        dead_code,
+        reason = "the address is for tests and callers that bind port 0"
+    )]
     pub addr: SocketAddr,
     server: tokio::task::AbortHandle,
 }

@@ -4,7 +4,6 @@ mod admin_client;
 mod audit_cmd;
 mod check;
 mod demo;
-#[allow(dead_code, reason = "demo.rs starts it once identity is wired in")]
 mod dev_idp;
 mod identity_cmd;
 mod policy_cmd;

@@ -36,14 +36,27 @@ impl Stack {
     }
 
     /// `store`: a `[store]` section (default: embedded in the test dir).
-    pub async fn start_with(extra_session: &str, store: &str, shared_dir: Option<&TempDir>) -> Self {
+    pub async fn start_with(
+        extra_session: &str,
+        store: &str,
+        shared_dir: Option<&TempDir>,
+    ) -> Self {
         install_provider();
         let certs = Certs::new();
         let up = Upstream::start(&certs).await;
         let port = free_port();
         let admin = free_port();
         let idp = Idp::start(&certs, "gate.test", port);
-        let (proxy, dir, config) = start_proxy(&certs, &up, &idp, port, admin, extra_session, store, shared_dir);
+        let (proxy, dir, config) = start_proxy(
+            &certs,
+            &up,
+            &idp,
+            port,
+            admin,
+            extra_session,
+            store,
+            shared_dir,
+        );
         Self {
             certs,
             up,
@@ -72,7 +85,8 @@ impl Stack {
             .arg(&self.config)
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(!text.contains("panicked"), "{text}");
         (out.status.code().unwrap_or(-1), text)
     }
@@ -93,13 +107,20 @@ impl Stack {
     /// A client for the IdP's test-control endpoints.
     pub fn idp_client(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(self.certs.ca()).unwrap()).unwrap();
-        reqwest::Client::builder().add_root_certificate(ca).build().unwrap()
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .unwrap()
     }
 
     /// Logs `user` in through the IdP, starting at `path` on ehr.test; returns the final page.
     pub async fn login(&self, b: &mut Browser, user: &str, password: &str, path: &str) -> Page {
         let p = b.follow(&self.url("ehr.test", path)).await;
-        assert_eq!(p.status, 200, "expected the IdP login form at {}: {}", p.url, p.body);
+        assert_eq!(
+            p.status, 200,
+            "expected the IdP login form at {}: {}",
+            p.url, p.body
+        );
         b.idp_login(&p, user, password).await
     }
 }
@@ -122,7 +143,10 @@ pub fn start_proxy(
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "e2e-admin-token\n").unwrap();
     let store = if store.is_empty() {
-        format!("[store]\nkind = \"embedded\"\npath = \"{}\"", dir.path().join("state").display())
+        format!(
+            "[store]\nkind = \"embedded\"\npath = \"{}\"",
+            dir.path().join("state").display()
+        )
     } else {
         store.to_string()
     };
@@ -183,20 +207,39 @@ async fn login_with_idp_mfa_reaches_the_ehr_with_a_signed_assertion() {
     let first = b.get(&s.url("ehr.test", "/chart/42?tab=notes")).await;
     assert_eq!(first.status, 303);
     let loc = first.location().unwrap();
-    assert!(loc.starts_with(&s.url("gate.test", "/.dermgate/login?rd=")), "{loc}");
+    assert!(
+        loc.starts_with(&s.url("gate.test", "/.dermgate/login?rd=")),
+        "{loc}"
+    );
     // An API client gets 401 with WWW-Authenticate instead.
-    let api = s.api_client().get(s.url("ehr.test", "/api/x")).send().await.unwrap();
+    let api = s
+        .api_client()
+        .get(s.url("ehr.test", "/api/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.status(), 401);
-    assert!(api.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(
+        api.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
 
-    let page = s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart/42?tab=notes").await;
+    let page = s
+        .login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart/42?tab=notes")
+        .await;
     assert_eq!(page.status, 200, "{}: {}", page.url, page.body);
     assert_eq!(page.url, s.url("ehr.test", "/chart/42?tab=notes"));
     // The upstream saw the request with a valid assertion and without dermgate's cookie.
     let seen = s.up.seen();
     let last = seen.last().unwrap();
     assert_eq!(last.target, "/chart/42?tab=notes");
-    assert!(last.header("cookie").iter().all(|c| !c.contains("__Host-dermgate")));
+    assert!(
+        last.header("cookie")
+            .iter()
+            .all(|c| !c.contains("__Host-dermgate"))
+    );
     let assertion = last.header("x-dermgate-assertion")[0].to_string();
     let jwks: jsonwebtoken::jwk::JwkSet = s
         .api_client()
@@ -209,11 +252,15 @@ async fn login_with_idp_mfa_reaches_the_ehr_with_a_signed_assertion() {
         .unwrap();
     let header = jsonwebtoken::decode_header(&assertion).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap()).unwrap();
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
+            .unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     v.set_audience(&["ehr"]);
     v.set_issuer(&[format!("https://gate.test")]);
-    let claims = jsonwebtoken::decode::<serde_json::Value>(&assertion, &key, &v).unwrap().claims;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&assertion, &key, &v)
+        .unwrap()
+        .claims;
     assert_eq!(claims["sub"], "mfa-doc");
     assert_eq!(claims["groups"][0], "clinicians");
     assert!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 60);
@@ -232,7 +279,9 @@ async fn up_to_callback(s: &Stack, b: &mut Browser, user: &str, password: &str) 
     let p = b.follow(&s.url("ehr.test", "/chart")).await;
     assert_eq!(p.status, 200, "{}", p.body);
     let cb = b
-        .idp_login_until(&p, user, password, |next| next.contains("/.dermgate/callback"))
+        .idp_login_until(&p, user, password, |next| {
+            next.contains("/.dermgate/callback")
+        })
         .await;
     assert!(cb.url.contains("/.dermgate/callback?"), "{}", cb.url);
     cb.url
@@ -250,7 +299,14 @@ async fn login_attacks_state_code_reuse_nonce_and_open_redirect_are_refused() {
         .query_pairs()
         .map(|(k, v)| {
             let forged = k == "state";
-            (k.into_owned(), if forged { "forged-state".into() } else { v.into_owned() })
+            (
+                k.into_owned(),
+                if forged {
+                    "forged-state".into()
+                } else {
+                    v.into_owned()
+                },
+            )
         })
         .collect();
     u.query_pairs_mut().clear().extend_pairs(pairs);
@@ -275,14 +331,23 @@ async fn login_attacks_state_code_reuse_nonce_and_open_redirect_are_refused() {
     // nonce; the ID token then does not match the pre-login cookie's nonce.
     let mut b = s.browser();
     let to_idp = b
-        .follow_until(&s.url("ehr.test", "/chart"), |next| next.starts_with(&s.idp.issuer))
+        .follow_until(&s.url("ehr.test", "/chart"), |next| {
+            next.starts_with(&s.idp.issuer)
+        })
         .await;
     let mut u = reqwest::Url::parse(&to_idp.url).unwrap();
     let pairs: Vec<(String, String)> = u
         .query_pairs()
         .map(|(k, v)| {
             let forged = k == "nonce";
-            (k.into_owned(), if forged { "attacker-nonce".into() } else { v.into_owned() })
+            (
+                k.into_owned(),
+                if forged {
+                    "attacker-nonce".into()
+                } else {
+                    v.into_owned()
+                },
+            )
         })
         .collect();
     u.query_pairs_mut().clear().extend_pairs(pairs);
@@ -303,7 +368,9 @@ async fn login_attacks_state_code_reuse_nonce_and_open_redirect_are_refused() {
         "javascript:alert(1)",
     ] {
         let enc: String = form_urlencoded_encode(rd);
-        let r = b.get(&s.url("gate.test", &format!("/.dermgate/login?rd={enc}"))).await;
+        let r = b
+            .get(&s.url("gate.test", &format!("/.dermgate/login?rd={enc}")))
+            .await;
         assert_eq!(r.status, 400, "rd {rd}: {}", r.body);
         assert!(r.location().is_none());
     }
@@ -329,7 +396,9 @@ async fn totp_step_up_enrolls_then_refuses_replay_and_locks_brute_force() {
     let s = Stack::start("").await;
     let mut b = s.browser();
     // The IdP did no MFA for this user: dermgate's own step-up (enrollment first).
-    let p = s.login(&mut b, "nomfa-doc", "nomfa-doc-pass", "/chart/7").await;
+    let p = s
+        .login(&mut b, "nomfa-doc", "nomfa-doc-pass", "/chart/7")
+        .await;
     assert_eq!(p.status, 200, "{}: {}", p.url, p.body);
     assert!(p.url.contains("/.dermgate/mfa"), "{}", p.url);
     assert!(p.body.contains("<svg"), "enrollment shows a QR code");
@@ -337,12 +406,22 @@ async fn totp_step_up_enrolls_then_refuses_replay_and_locks_brute_force() {
     let before = b.cookie("gate.test", "__Host-dermgate").unwrap();
     // A wrong code first.
     let wrong = b
-        .request(reqwest::Method::POST, &p.url, Some(&[("code", "000000"), ("rd", &s.url("ehr.test", "/chart/7"))]), Some(&s.url("gate.test", "")))
+        .request(
+            reqwest::Method::POST,
+            &p.url,
+            Some(&[("code", "000000"), ("rd", &s.url("ehr.test", "/chart/7"))]),
+            Some(&s.url("gate.test", "")),
+        )
         .await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     let code = totp_now(&secret, 0);
     let ok = b
-        .request(reqwest::Method::POST, &s.url("gate.test", "/.dermgate/mfa"), Some(&[("code", &code), ("rd", &s.url("ehr.test", "/chart/7"))]), Some(&s.url("gate.test", "")))
+        .request(
+            reqwest::Method::POST,
+            &s.url("gate.test", "/.dermgate/mfa"),
+            Some(&[("code", &code), ("rd", &s.url("ehr.test", "/chart/7"))]),
+            Some(&s.url("gate.test", "")),
+        )
         .await;
     assert_eq!(ok.status, 303, "{}", ok.body);
     // The session id was renewed at step-up (no fixation): the old cookie is dead.
@@ -355,7 +434,10 @@ async fn totp_step_up_enrolls_then_refuses_replay_and_locks_brute_force() {
     let mut stale = s.browser();
     stale.set_cookie("gate.test", "__Host-dermgate", &before);
     let r = stale.get(&s.url("gate.test", "/.dermgate/mfa")).await;
-    assert_eq!(r.status, 303, "the pre-step-up cookie no longer opens a session");
+    assert_eq!(
+        r.status, 303,
+        "the pre-step-up cookie no longer opens a session"
+    );
 
     // Replay: the code just used is refused (CLI check uses the same guard).
     let (code_rc, out) = s.cli(&["totp", "verify", "--user", "nomfa-doc", &code]);
@@ -366,24 +448,42 @@ async fn totp_step_up_enrolls_then_refuses_replay_and_locks_brute_force() {
     let mut last = 0;
     for _ in 0..5 {
         let r = b
-            .request(reqwest::Method::POST, &s.url("gate.test", "/.dermgate/mfa"), Some(&[("code", "123456"), ("rd", "")]), Some(&s.url("gate.test", "")))
+            .request(
+                reqwest::Method::POST,
+                &s.url("gate.test", "/.dermgate/mfa"),
+                Some(&[("code", "123456"), ("rd", "")]),
+                Some(&s.url("gate.test", "")),
+            )
             .await;
         last = r.status;
     }
     assert_eq!(last, 429);
     let right = totp_now(&secret, 1);
     let r = b
-        .request(reqwest::Method::POST, &s.url("gate.test", "/.dermgate/mfa"), Some(&[("code", &right), ("rd", "")]), Some(&s.url("gate.test", "")))
+        .request(
+            reqwest::Method::POST,
+            &s.url("gate.test", "/.dermgate/mfa"),
+            Some(&[("code", &right), ("rd", "")]),
+            Some(&s.url("gate.test", "")),
+        )
         .await;
     assert_eq!(r.status, 429, "locked even for a right code");
     // A step-up POST from another site is refused.
     let r = b
-        .request(reqwest::Method::POST, &s.url("gate.test", "/.dermgate/mfa"), Some(&[("code", "111111")]), Some("https://evil.example"))
+        .request(
+            reqwest::Method::POST,
+            &s.url("gate.test", "/.dermgate/mfa"),
+            Some(&[("code", "111111")]),
+            Some("https://evil.example"),
+        )
         .await;
     assert_eq!(r.status, 403);
     // The lockout is in the audit trail, as an alert.
     let audit = std::fs::read_to_string(s.dir.path().join("audit/audit.jsonl")).unwrap();
-    assert!(audit.contains("\"mfa_lockout\"") && audit.contains("\"alert\":true"), "{audit}");
+    assert!(
+        audit.contains("\"mfa_lockout\"") && audit.contains("\"alert\":true"),
+        "{audit}"
+    );
     assert!(!audit.contains(&code) && !audit.contains(&secret));
 }
 
@@ -397,14 +497,21 @@ async fn cookie_tampering_other_key_sets_fixation_and_timeouts_are_refused() {
     let good = b.cookie("ehr.test", "__Host-dermgate").unwrap();
 
     let refused = |p: &Page| {
-        p.status == 303 && p.location().unwrap_or_default().contains("/.dermgate/login")
+        p.status == 303
+            && p.location()
+                .unwrap_or_default()
+                .contains("/.dermgate/login")
     };
     // Tampered: one character of the sealed value changed.
     let mut t = s.browser();
     let mut chars: Vec<char> = good.chars().collect();
     let i = chars.len() - 5;
     chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
-    t.set_cookie("ehr.test", "__Host-dermgate", &chars.into_iter().collect::<String>());
+    t.set_cookie(
+        "ehr.test",
+        "__Host-dermgate",
+        &chars.into_iter().collect::<String>(),
+    );
     assert!(refused(&t.get(&s.url("ehr.test", "/chart")).await));
     // Sealed by another key set (same key id, other key) with the real session id inside.
     let other_dir = TempDir::new("otherkeys");
@@ -414,11 +521,15 @@ async fn cookie_tampering_other_key_sets_fixation_and_timeouts_are_refused() {
         format!("{kid} 1 {}\n", base64_32()),
     )
     .unwrap();
-    let other = dermgate_proxy::keys::CookieKeys::load_or_create(&other_dir.path().join("k")).unwrap();
+    let other =
+        dermgate_proxy::keys::CookieKeys::load_or_create(&other_dir.path().join("k")).unwrap();
     let (code, list) = s.cli(&["sessions", "list", "--json"]);
     assert_eq!(code, 0, "{list}");
     let forged = other
-        .seal(b"__Host-dermgate", br#"{"i":"guessed-session-id","s":"mfa-doc","e":99999999999}"#)
+        .seal(
+            b"__Host-dermgate",
+            br#"{"i":"guessed-session-id","s":"mfa-doc","e":99999999999}"#,
+        )
         .unwrap();
     let mut t = s.browser();
     t.set_cookie("ehr.test", "__Host-dermgate", &forged);
@@ -437,9 +548,18 @@ async fn cookie_tampering_other_key_sets_fixation_and_timeouts_are_refused() {
     // Fixation: a session cookie planted in a browser before login is not
     // kept: the login makes a new session and ends the planted one.
     let mut victim = s.browser();
-    victim.set_cookie("gate.test", "__Host-dermgate", &b.cookie("gate.test", "__Host-dermgate").unwrap());
+    victim.set_cookie(
+        "gate.test",
+        "__Host-dermgate",
+        &b.cookie("gate.test", "__Host-dermgate").unwrap(),
+    );
     let planted = victim.cookie("gate.test", "__Host-dermgate").unwrap();
-    let p = victim.follow(&s.url("gate.test", "/.dermgate/login?rd=https%3A%2F%2Fgate.test%2F")).await;
+    let p = victim
+        .follow(&s.url(
+            "gate.test",
+            "/.dermgate/login?rd=https%3A%2F%2Fgate.test%2F",
+        ))
+        .await;
     // Already "signed in" with the planted cookie, the auth host hands on at once,
     // so force a fresh login from a clean start instead:
     let _ = p;
@@ -449,7 +569,11 @@ async fn cookie_tampering_other_key_sets_fixation_and_timeouts_are_refused() {
         let mut fresh = s.browser();
         let url = up_to_callback(&s, &mut fresh, "nogroups", "nogroups-pass").await;
         // The victim completes a login started in their browser; copy the login cookie.
-        victim.set_cookie("gate.test", "__Host-dermgate-login", &fresh.cookie("gate.test", "__Host-dermgate-login").unwrap());
+        victim.set_cookie(
+            "gate.test",
+            "__Host-dermgate-login",
+            &fresh.cookie("gate.test", "__Host-dermgate-login").unwrap(),
+        );
         url
     };
     let r = victim.get(&cb).await;
@@ -459,14 +583,29 @@ async fn cookie_tampering_other_key_sets_fixation_and_timeouts_are_refused() {
     let mut attacker = s.browser();
     attacker.set_cookie("gate.test", "__Host-dermgate", &planted);
     let r = attacker.get(&s.url("gate.test", "/.dermgate/mfa")).await;
-    assert!(r.location().unwrap_or_default().contains("/.dermgate/login"), "the planted session was ended at login");
+    assert!(
+        r.location()
+            .unwrap_or_default()
+            .contains("/.dermgate/login"),
+        "the planted session was ended at login"
+    );
 
     // Idle: no request for longer than the idle timeout ends the session.
     let mut b = s.browser();
-    assert_eq!(s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await.status, 200);
+    assert_eq!(
+        s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let r = b.get(&s.url("ehr.test", "/chart")).await;
-    assert!(refused(&r), "idle session refused: {} {:?}", r.status, r.location());
+    assert!(
+        refused(&r),
+        "idle session refused: {} {:?}",
+        r.status,
+        r.location()
+    );
     let r = s
         .api_client()
         .get(s.url("ehr.test", "/api/x"))
@@ -478,7 +617,12 @@ async fn cookie_tampering_other_key_sets_fixation_and_timeouts_are_refused() {
 
     // Absolute: active every second, still ended after the absolute timeout.
     let mut b = s.browser();
-    assert_eq!(s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await.status, 200);
+    assert_eq!(
+        s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
     let start = std::time::Instant::now();
     let mut ended = false;
     while start.elapsed() < Duration::from_secs(12) {
@@ -504,27 +648,59 @@ async fn logout_backchannel_and_revocation_end_sessions_everywhere() {
     let s = Stack::start("").await;
     // Logout: a cross-site POST is refused and changes nothing.
     let mut b = s.browser();
-    assert_eq!(s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await.status, 200);
+    assert_eq!(
+        s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
     let r = b
-        .request(reqwest::Method::POST, &s.url("ehr.test", "/.dermgate/logout"), None, Some("https://evil.example"))
+        .request(
+            reqwest::Method::POST,
+            &s.url("ehr.test", "/.dermgate/logout"),
+            None,
+            Some("https://evil.example"),
+        )
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(b.get(&s.url("ehr.test", "/chart")).await.status, 200);
     // A same-origin POST ends the session on every host and goes to the IdP's logout.
     let r = b
-        .request(reqwest::Method::POST, &s.url("ehr.test", "/.dermgate/logout"), None, Some(&s.url("ehr.test", "")))
+        .request(
+            reqwest::Method::POST,
+            &s.url("ehr.test", "/.dermgate/logout"),
+            None,
+            Some(&s.url("ehr.test", "")),
+        )
         .await;
     assert_eq!(r.status, 303);
-    assert!(r.location().unwrap().starts_with(&s.idp.issuer), "RP-initiated logout at the IdP: {:?}", r.location());
+    assert!(
+        r.location().unwrap().starts_with(&s.idp.issuer),
+        "RP-initiated logout at the IdP: {:?}",
+        r.location()
+    );
     let r = b.get(&s.url("gate.test", "/.dermgate/mfa")).await;
-    assert!(r.location().unwrap_or_default().contains("/.dermgate/login"));
+    assert!(
+        r.location()
+            .unwrap_or_default()
+            .contains("/.dermgate/login")
+    );
 
     // Back-channel logout from the IdP ends the sessions of that user.
     let mut b = s.browser();
-    assert_eq!(s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await.status, 200);
+    assert_eq!(
+        s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
     let v = s
         .idp
-        .control(&s.idp_client(), "/__test/backchannel-logout", serde_json::json!({ "sub": "mfa-doc", "client_id": CLIENT_ID }))
+        .control(
+            &s.idp_client(),
+            "/__test/backchannel-logout",
+            serde_json::json!({ "sub": "mfa-doc", "client_id": CLIENT_ID }),
+        )
         .await;
     assert_eq!(v["status"], 200, "{v}");
     let r = b.get(&s.url("ehr.test", "/chart")).await;
@@ -548,22 +724,47 @@ async fn logout_backchannel_and_revocation_end_sessions_everywhere() {
 
     // Revocation by the CLI through the admin API: refused at once.
     let mut b = s.browser();
-    assert_eq!(s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await.status, 200);
+    assert_eq!(
+        s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
     let (code, out) = s.cli(&["sessions", "list", "--json"]);
     assert_eq!(code, 0, "{out}");
-    let list: Vec<serde_json::Value> = serde_json::from_str(out.lines().filter(|l| !l.starts_with('(')).collect::<Vec<_>>().join("\n").as_str()).unwrap();
-    let id = list.iter().find(|s| s["user"] == "mfa-doc").unwrap()["id"].as_str().unwrap().to_string();
+    let list: Vec<serde_json::Value> = serde_json::from_str(
+        out.lines()
+            .filter(|l| !l.starts_with('('))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_str(),
+    )
+    .unwrap();
+    let id = list.iter().find(|s| s["user"] == "mfa-doc").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (code, out) = s.cli(&["sessions", "revoke", "--id", &id]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(b.get(&s.url("ehr.test", "/chart")).await.status, 303);
     // Revoke by user.
     let mut b = s.browser();
-    assert_eq!(s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await.status, 200);
+    assert_eq!(
+        s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
     let (code, out) = s.cli(&["sessions", "revoke", "--user", "mfa-doc"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(b.get(&s.url("ehr.test", "/chart")).await.status, 303);
     let audit = std::fs::read_to_string(s.dir.path().join("audit/audit.jsonl")).unwrap();
-    for ev in ["\"login\"", "\"logout\"", "\"backchannel_logout\"", "\"revoke\""] {
+    for ev in [
+        "\"login\"",
+        "\"logout\"",
+        "\"backchannel_logout\"",
+        "\"revoke\"",
+    ] {
         assert!(audit.contains(ev), "audit has {ev}");
     }
 }
@@ -572,7 +773,10 @@ async fn logout_backchannel_and_revocation_end_sessions_everywhere() {
 async fn bearer_tokens_are_verified_and_attacks_refused() {
     let s = Stack::start("").await;
     let idp = s.idp_client();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let good = serde_json::json!({"iss": s.idp.issuer, "aud": "dermgate-api", "sub": "svc-billing",
         "groups": ["clinicians"], "amr": ["pwd", "otp"], "auth_time": now - 60, "iat": now, "exp": now + 300});
     let api = s.api_client();
@@ -581,7 +785,10 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
         let url = s.url("ehr.test", "/api/records");
         async move {
             let r = api.get(url).bearer_auth(token).send().await.unwrap();
-            let www = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+            let www = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string());
             (r.status().as_u16(), www)
         }
     };
@@ -597,19 +804,57 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
     // alg none.
     {
         use base64::Engine;
-        let e = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        let jwks: serde_json::Value = idp.get(format!("{}/jwks", s.idp.issuer)).send().await.unwrap().json().await.unwrap();
+        let e = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let jwks: serde_json::Value = idp
+            .get(format!("{}/jwks", s.idp.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let kid = jwks["keys"][0]["kid"].as_str().unwrap_or("x").to_string();
-        attacks.push(("alg none", format!("{}.{}.", e(&serde_json::json!({"alg": "none", "kid": kid})), e(&good))));
+        attacks.push((
+            "alg none",
+            format!(
+                "{}.{}.",
+                e(&serde_json::json!({"alg": "none", "kid": kid})),
+                e(&good)
+            ),
+        ));
         // HS256 signed with the RSA public key (as PEM text and as the JWK's n).
-        let rsa = jwks["keys"].as_array().unwrap().iter().find(|k| k["kty"] == "RSA").unwrap().clone();
+        let rsa = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kty"] == "RSA")
+            .unwrap()
+            .clone();
         let rsa_kid = rsa["kid"].as_str().unwrap().to_string();
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
         h.kid = Some(rsa_kid.clone());
         let secret = rsa.to_string();
-        attacks.push(("HS256 with the RSA key", jsonwebtoken::encode(&h, &good, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()));
+        attacks.push((
+            "HS256 with the RSA key",
+            jsonwebtoken::encode(
+                &h,
+                &good,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap(),
+        ));
         let n = rsa["n"].as_str().unwrap().to_string();
-        attacks.push(("HS256 with the RSA modulus", jsonwebtoken::encode(&h, &good, &jsonwebtoken::EncodingKey::from_secret(n.as_bytes())).unwrap()));
+        attacks.push((
+            "HS256 with the RSA modulus",
+            jsonwebtoken::encode(
+                &h,
+                &good,
+                &jsonwebtoken::EncodingKey::from_secret(n.as_bytes()),
+            )
+            .unwrap(),
+        ));
     }
     let mut expired = good.clone();
     expired["exp"] = serde_json::json!(now - 600);
@@ -626,7 +871,11 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
     attacks.push(("not yet valid", s.idp.mint(&idp, "RS256", nbf).await));
     let unknown = s
         .idp
-        .control(&idp, "/__test/mint", serde_json::json!({"alg": "RS256", "claims": good, "kid": "no-such-kid"}))
+        .control(
+            &idp,
+            "/__test/mint",
+            serde_json::json!({"alg": "RS256", "claims": good, "kid": "no-such-kid"}),
+        )
         .await["token"]
         .as_str()
         .unwrap()
@@ -636,7 +885,10 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
     for (what, token) in attacks {
         let (st, www) = call(token).await;
         assert_eq!(st, 401, "{what} must be refused");
-        assert!(www.unwrap_or_default().contains("invalid_token"), "{what}: WWW-Authenticate names the error");
+        assert!(
+            www.unwrap_or_default().contains("invalid_token"),
+            "{what}: WWW-Authenticate names the error"
+        );
     }
     // A valid token without MFA is refused for want of MFA (RFC 9470 error).
     let mut nomfa = good.clone();
@@ -646,13 +898,22 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
     assert!(www.unwrap().contains("insufficient_user_authentication"));
 
     // IdP key rotation mid-run: new tokens (new kid) work without a restart, and so do logins.
-    let v = s.idp.control(&idp, "/__test/rotate-keys", serde_json::json!({})).await;
+    let v = s
+        .idp
+        .control(&idp, "/__test/rotate-keys", serde_json::json!({}))
+        .await;
     assert!(v["kids"].as_array().is_some_and(|k| !k.is_empty()));
     let t = s.idp.mint(&idp, "RS256", good.clone()).await;
     let (st, _) = call(t).await;
-    assert_eq!(st, 200, "token with the rotated key accepted after a JWKS refresh");
+    assert_eq!(
+        st, 200,
+        "token with the rotated key accepted after a JWKS refresh"
+    );
     let mut b = s.browser();
     let p = s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await;
     assert_eq!(p.status, 200, "login after IdP key rotation: {}", p.body);
-    assert!(!s.proxy.log().contains("svc-billing\"}"), "tokens are never logged");
+    assert!(
+        !s.proxy.log().contains("svc-billing\"}"),
+        "tokens are never logged"
+    );
 }

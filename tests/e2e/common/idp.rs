@@ -122,7 +122,12 @@ impl Idp {
     }
 
     /// POSTs JSON to a test-control endpoint.
-    pub async fn control(&self, client: &reqwest::Client, path: &str, body: serde_json::Value) -> serde_json::Value {
+    pub async fn control(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
         let r = client
             .post(format!("{}{path}", self.issuer))
             .json(&body)
@@ -134,9 +139,18 @@ impl Idp {
     }
 
     /// A token signed with the IdP's current key of `alg`, with exactly `claims`.
-    pub async fn mint(&self, client: &reqwest::Client, alg: &str, claims: serde_json::Value) -> String {
+    pub async fn mint(
+        &self,
+        client: &reqwest::Client,
+        alg: &str,
+        claims: serde_json::Value,
+    ) -> String {
         let v = self
-            .control(client, "/__test/mint", serde_json::json!({ "alg": alg, "claims": claims }))
+            .control(
+                client,
+                "/__test/mint",
+                serde_json::json!({ "alg": alg, "claims": claims }),
+            )
             .await;
         v["token"].as_str().unwrap().to_string()
     }
@@ -150,7 +164,14 @@ impl Drop for Idp {
 }
 
 /// The `[oidc]`, `[session]`, `[store]`, `[keys]` part of a test configuration.
-pub fn identity_config(idp: &Idp, certs: &Certs, dir: &TempDir, port: u16, extra_session: &str, store: &str) -> String {
+pub fn identity_config(
+    idp: &Idp,
+    certs: &Certs,
+    dir: &TempDir,
+    port: u16,
+    extra_session: &str,
+    store: &str,
+) -> String {
     let secret = dir.path().join("client-secret");
     std::fs::write(&secret, CLIENT_SECRET).unwrap();
     format!(
@@ -274,7 +295,13 @@ impl Browser {
     }
 
     /// One request (no redirect following).
-    pub async fn request(&mut self, method: reqwest::Method, url: &str, form: Option<&[(&str, &str)]>, origin: Option<&str>) -> Page {
+    pub async fn request(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        form: Option<&[(&str, &str)]>,
+        origin: Option<&str>,
+    ) -> Page {
         let mut rb = self
             .client
             .request(method, url)
@@ -314,12 +341,13 @@ impl Browser {
             let p = self.get(&url).await;
             match p.location() {
                 Some(loc) if (300..400).contains(&p.status) => {
-                    let next = reqwest::Url::parse(&url).unwrap().join(&loc).unwrap().to_string();
+                    let next = reqwest::Url::parse(&url)
+                        .unwrap()
+                        .join(&loc)
+                        .unwrap()
+                        .to_string();
                     if stop(&next) {
-                        return Page {
-                            url: next,
-                            ..p
-                        };
+                        return Page { url: next, ..p };
                     }
                     url = next;
                 }
@@ -338,15 +366,35 @@ impl Browser {
         self.idp_login_until(page, login, password, |_| false).await
     }
 
-    pub async fn idp_login_until(&mut self, page: &Page, login: &str, password: &str, stop: impl Fn(&str) -> bool) -> Page {
-        let action = form_action(&page.body).unwrap_or_else(|| panic!("no login form on {}:\n{}", page.url, page.body));
-        let url = reqwest::Url::parse(&page.url).unwrap().join(&action).unwrap().to_string();
+    pub async fn idp_login_until(
+        &mut self,
+        page: &Page,
+        login: &str,
+        password: &str,
+        stop: impl Fn(&str) -> bool,
+    ) -> Page {
+        let action = form_action(&page.body)
+            .unwrap_or_else(|| panic!("no login form on {}:\n{}", page.url, page.body));
+        let url = reqwest::Url::parse(&page.url)
+            .unwrap()
+            .join(&action)
+            .unwrap()
+            .to_string();
         let p = self
-            .request(reqwest::Method::POST, &url, Some(&[("login", login), ("password", password)]), None)
+            .request(
+                reqwest::Method::POST,
+                &url,
+                Some(&[("login", login), ("password", password)]),
+                None,
+            )
             .await;
         match p.location() {
             Some(loc) if (300..400).contains(&p.status) => {
-                let next = reqwest::Url::parse(&url).unwrap().join(&loc).unwrap().to_string();
+                let next = reqwest::Url::parse(&url)
+                    .unwrap()
+                    .join(&loc)
+                    .unwrap()
+                    .to_string();
                 if stop(&next) {
                     return Page { url: next, ..p };
                 }

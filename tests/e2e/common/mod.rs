@@ -57,7 +57,14 @@ impl Certs {
         let out = Command::new(BIN)
             .args(["certs", "dev", "--out"])
             .arg(dir.path())
-            .args(["--name", "ehr.test", "--name", "img.test", "--name", "gate.test"])
+            .args([
+                "--name",
+                "ehr.test",
+                "--name",
+                "img.test",
+                "--name",
+                "gate.test",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "certs dev failed: {out:?}");
