@@ -9,14 +9,26 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Real servers and clients the end-to-end tests start on loopback ports:
+# openssl (TLS 1.2 client), redis-server (shared session store), chromium
+# (headless browser login), node + npm (the oidc-provider IdP).
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || true
   apt-get install -y -qq "${need_apt[@]}"
 fi
+# The system redis-server package may start a daemon on 6379; the tests start
+# their own on ephemeral ports and never touch it.
+
+step "npm ci (tests/oidc: oidc-provider, playwright-core)"
+(cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

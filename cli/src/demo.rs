@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::header::{CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use http::{Method, Request, Response, StatusCode};
@@ -250,6 +251,13 @@ websocket = true
     Ok(())
 }
 
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// The demo's segmentation policy (written once; edit it, or use `dermgate policy`).
 const DEMO_POLICY: &str = r#"# dermgate demo policy (DEVELOPMENT ONLY). Default deny.
 [[rule]]
@@ -347,11 +355,27 @@ impl Backend {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("unknown")
             .to_string();
+        // A real backend verifies the assertion with /.dermgate/jwks.json; the demo only shows it.
+        let user = req
+            .headers()
+            .get("x-dermgate-assertion")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|jwt| jwt.split('.').nth(1))
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c.get("sub").and_then(|s| s.as_str()).map(escape_html))
+            .unwrap_or_else(|| "nobody".into());
         match (kind, req.method(), req.uri().path()) {
             (Kind::Ehr, &Method::GET, "/") => html(format!(
                 "<!doctype html><meta charset=utf-8><title>Demo EHR</title>\
 <style>body{{font:16px system-ui;max-width:40em;margin:2em auto}}td,th{{padding:.3em 1em;text-align:left}}</style>\
-<h1>Demo EHR</h1><p>Reached through dermgate over TLS 1.3. The gateway says you are at <b>{who}</b>.</p>\
+<h1>Demo EHR</h1><p>Signed in as <b id=\"user\">{user}</b> (from dermgate's signed identity assertion). \
+Reached through dermgate over TLS 1.3. The gateway says you are at <b>{who}</b>.</p>\
+<form method=\"post\" action=\"/.dermgate/logout\"><button>Sign out</button></form>\
 <table><tr><th>Patient</th><th>Visit</th><th>Reason</th></tr>\
 <tr><td>Demo Patient A</td><td>2026-11-23</td><td>Pigmented lesion, left shoulder</td></tr>\
 <tr><td>Demo Patient B</td><td>2026-11-24</td><td>Psoriasis follow-up</td></tr></table>\

@@ -917,3 +917,170 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
         "tokens are never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_sessions_in_redis_and_see_revocation_at_once() {
+    use crate::common::redis::RedisServer;
+    install_provider();
+    let mut redis = RedisServer::start();
+    let store = format!("[store]\nkind = \"redis\"\nurl = \"{}\"", redis.url());
+    let certs = Certs::new();
+    let up = Upstream::start(&certs).await;
+    let port_a = free_port();
+    let port_b = free_port();
+    // One IdP client for both replicas: register A's callback; B receives
+    // sessions through the shared store (a load balancer would give both one name).
+    let idp = Idp::start(&certs, "gate.test", port_a);
+    let keys = TempDir::new("sharedkeys");
+    let (a, _da, _ca) = start_proxy(
+        &certs,
+        &up,
+        &idp,
+        port_a,
+        free_port(),
+        "",
+        &store,
+        Some(&keys),
+    );
+    let (b_proxy, _db, config_b) = start_proxy(
+        &certs,
+        &up,
+        &idp,
+        port_b,
+        free_port(),
+        "",
+        &store,
+        Some(&keys),
+    );
+
+    // Log in on A.
+    let mut browser = Browser::new(&certs, port_a);
+    let form = browser
+        .follow(&format!("https://ehr.test:{port_a}/chart"))
+        .await;
+    let page = browser.idp_login(&form, "mfa-doc", "mfa-doc-pass").await;
+    assert_eq!(page.status, 200, "{}: {}", page.url, page.body);
+    let cookie = browser.cookie("ehr.test", "__Host-dermgate").unwrap();
+    // The same cookie works on B (same keys, same store).
+    let mut on_b = Browser::new(&certs, port_b);
+    on_b.set_cookie("ehr.test", "__Host-dermgate", &cookie);
+    let r = on_b.get(&format!("https://ehr.test:{port_b}/chart")).await;
+    assert_eq!(r.status, 200, "a session made on A works on B");
+
+    // A WebSocket opened on A through that session.
+    let mut ws = open_ws(&certs, port_a, &cookie).await;
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::Text("ping".into()))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert!(echo.is_some());
+
+    // Revoked through B's admin API: refused on A within 1 s.
+    let out = Command::new(BIN)
+        .args(["sessions", "revoke", "--user", "mfa-doc", "--config"])
+        .arg(&config_b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let revoked = std::time::Instant::now();
+    let mut refused_on_a = false;
+    while revoked.elapsed() < Duration::from_secs(1) {
+        if browser
+            .get(&format!("https://ehr.test:{port_a}/chart"))
+            .await
+            .status
+            == 303
+        {
+            refused_on_a = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused_on_a, "revocation on B seen by A within 1 s");
+    // The open WebSocket on A is closed within 5 s.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None
+                | Some(Err(_))
+                | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the live WebSocket is cut within 5 s of the revocation"
+    );
+
+    // Redis killed: requests are denied with 503 (never allowed); back when it returns.
+    let mut browser = Browser::new(&certs, port_a);
+    let form = browser
+        .follow(&format!("https://ehr.test:{port_a}/chart"))
+        .await;
+    assert_eq!(
+        browser
+            .idp_login(&form, "mfa-doc", "mfa-doc-pass")
+            .await
+            .status,
+        200
+    );
+    redis.kill();
+    let r = browser
+        .get(&format!("https://ehr.test:{port_a}/chart"))
+        .await;
+    assert_eq!(r.status, 503, "store down: denied, {}", r.body);
+    redis.restart();
+    // The data is gone with the killed server (no persistence in the test), so
+    // recovery shows as a fresh login prompt rather than a 503.
+    let start = std::time::Instant::now();
+    loop {
+        let r = browser
+            .get(&format!("https://ehr.test:{port_a}/chart"))
+            .await;
+        if r.status != 503 {
+            assert_eq!(r.status, 303, "after recovery: sign in again");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "recovers by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(a);
+    drop(b_proxy);
+}
+
+async fn open_ws(
+    certs: &Certs,
+    port: u16,
+    cookie: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tls = tls_connect(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        client_config(&certs.ca(), &[b"http/1.1"]),
+        "ehr.test",
+    )
+    .await
+    .unwrap();
+    let req = http::Request::get(format!("wss://ehr.test:{port}/ws"))
+        .header("host", format!("ehr.test:{port}"))
+        .header("cookie", format!("__Host-dermgate={cookie}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}

@@ -9,6 +9,7 @@ mod canonical;
 mod check;
 mod common;
 mod dataplane;
+mod demo;
 mod forwarding;
 mod identity;
 mod operations;

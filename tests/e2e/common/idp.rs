@@ -233,8 +233,12 @@ fn host_of(url: &str) -> String {
 
 impl Browser {
     pub fn new(certs: &Certs, proxy_port: u16) -> Self {
+        Self::with_ca(&certs.ca(), proxy_port)
+    }
+
+    pub fn with_ca(ca: &Path, proxy_port: u16) -> Self {
         super::install_provider();
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.ca()).unwrap()).unwrap();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
         let local = SocketAddr::from(([127, 0, 0, 1], proxy_port));
         let client = reqwest::Client::builder()
             .add_root_certificate(ca)
@@ -317,6 +321,13 @@ impl Browser {
             rb = rb.form(f);
         }
         let resp = rb.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        if std::env::var_os("E2E_TRACE").is_some() {
+            eprintln!(
+                "{url} -> {} {:?}",
+                resp.status(),
+                resp.headers().get("location")
+            );
+        }
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         self.store_cookies(url, &headers);
@@ -380,12 +391,19 @@ impl Browser {
             .join(&action)
             .unwrap()
             .to_string();
+        let mut fields = hidden_inputs(&page.body);
+        fields.push(("login".into(), login.into()));
+        fields.push(("password".into(), password.into()));
+        let form: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let p = self
             .request(
                 reqwest::Method::POST,
                 &url,
-                Some(&[("login", login), ("password", password)]),
-                None,
+                Some(&form),
+                Some(&origin_of(&url)),
             )
             .await;
         match p.location() {
@@ -402,6 +420,42 @@ impl Browser {
             }
             _ => p,
         }
+    }
+}
+
+/// `name`/`value` of the hidden inputs in `html`.
+pub fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    let attr = |tag: &str, name: &str| {
+        let key = format!("{name}=\"");
+        let i = tag.find(&key)? + key.len();
+        let end = tag[i..].find('"')?;
+        Some(
+            tag[i..i + end]
+                .replace("&quot;", "\"")
+                .replace("&#39;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&"),
+        )
+    };
+    html.split("<input")
+        .skip(1)
+        .filter_map(|rest| {
+            let tag = &rest[..rest.find('>').unwrap_or(rest.len())];
+            if !tag.contains("type=\"hidden\"") {
+                return None;
+            }
+            Some((attr(tag, "name")?, attr(tag, "value").unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// `https://host:port` of a URL.
+pub fn origin_of(url: &str) -> String {
+    let u = reqwest::Url::parse(url).unwrap();
+    match u.port() {
+        Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap()),
+        None => format!("{}://{}", u.scheme(), u.host_str().unwrap()),
     }
 }
 

@@ -248,6 +248,7 @@ pub const FILE_LEN: usize = 1 << 20;
 type UpBody = http_body_util::Either<Full<Bytes>, pattern_body::Chunks>;
 
 pub mod idp;
+pub mod redis;
 
 pub mod pattern_body {
     //! A tiny pattern stream: N bytes in 64 KiB frames, generated on demand.
