@@ -230,7 +230,7 @@ async fn login_with_idp_mfa_reaches_the_ehr_with_a_signed_assertion() {
         .login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart/42?tab=notes")
         .await;
     assert_eq!(page.status, 200, "{}: {}", page.url, page.body);
-    assert_eq!(page.url, s.url("ehr.test", "/chart/42?tab=notes"));
+    assert_eq!(page.url, s.url("ehr.test", "/chart/42?tab=notes"), "{}", s.proxy.log());
     // The upstream saw the request with a valid assertion and without dermgate's cookie.
     let seen = s.up.seen();
     let last = seen.last().unwrap();

@@ -62,8 +62,8 @@ impl Idp {
             "redirect_uris": [format!("{base}/.dermgate/callback")],
             "post_logout_redirect_uris": [format!("{base}/.dermgate/logged-out")],
             "backchannel_logout_uri": format!("{base}/.dermgate/backchannel-logout"),
-            "backchannel_logout_session_required": false,
-            "grant_types": ["authorization_code", "client_credentials"],
+            "backchannel_logout_session_required": true,
+            "grant_types": ["authorization_code"],
             "response_types": ["code"],
             "token_endpoint_auth_method": "client_secret_basic",
         }]);
