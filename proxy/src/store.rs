@@ -50,8 +50,11 @@ pub trait SessionStore: Send + Sync {
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Increments the counter at `key`; the first increment starts a fixed
     /// window of `window` after which the counter expires.
-    fn incr(&self, key: &str, window: Duration)
-    -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn incr(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Live keys starting with `prefix`, any order.
     fn keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Cheap liveness check.
@@ -164,7 +167,11 @@ impl Embedded {
     }
 }
 
-fn live(t: &redb::Table<'_, &'static str, &'static [u8]>, key: &str, now: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+fn live(
+    t: &redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    now: u64,
+) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
     match t.get(key).map_err(io)? {
         None => Ok(None),
         Some(g) => Ok(decode(g.value(), now)?.map(|(e, v)| (e, v.to_vec()))),
@@ -185,7 +192,12 @@ impl SessionStore for Embedded {
         .await
     }
 
-    async fn put_new(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+    async fn put_new(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
         let (k, v) = (key.to_string(), encode(expiry(ttl), value));
         self.write(move |t| {
             if live(t, &k, now_ms())?.is_some() {
@@ -353,7 +365,12 @@ impl SessionStore for Redis {
         self.run::<()>(&set_cmd(key, value, ttl, false)).await
     }
 
-    async fn put_new(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+    async fn put_new(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
         let r: Option<String> = self.run(&set_cmd(key, value, ttl, true)).await?;
         Ok(r.is_some())
     }
@@ -393,7 +410,11 @@ impl SessionStore for Redis {
                         .arg(500),
                 )
                 .await?;
-            out.extend(batch.into_iter().filter_map(|k| k.strip_prefix(NS).map(str::to_string)));
+            out.extend(
+                batch
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(NS).map(str::to_string)),
+            );
             if next == 0 {
                 break;
             }
@@ -455,7 +476,12 @@ impl SessionStore for Store {
     async fn put(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         delegate!(self, s => s.put(key, value, ttl).await)
     }
-    async fn put_new(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<bool, StoreError> {
+    async fn put_new(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, StoreError> {
         delegate!(self, s => s.put_new(key, value, ttl).await)
     }
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -495,48 +521,112 @@ pub mod conformance {
         let k = |n: &str| format!("{prefix}{n}");
         s.ping().await.map_err(e)?;
         // get / put / overwrite / binary / empty / large.
-        check(s.get(&k("a")).await.map_err(e)?.is_none(), "absent key is None")?;
+        check(
+            s.get(&k("a")).await.map_err(e)?.is_none(),
+            "absent key is None",
+        )?;
         s.put(&k("a"), b"1", None).await.map_err(e)?;
         s.put(&k("a"), &[0, 255, 7], None).await.map_err(e)?;
-        check(s.get(&k("a")).await.map_err(e)? == Some(vec![0, 255, 7]), "overwrite, binary")?;
+        check(
+            s.get(&k("a")).await.map_err(e)? == Some(vec![0, 255, 7]),
+            "overwrite, binary",
+        )?;
         s.put(&k("empty"), b"", None).await.map_err(e)?;
-        check(s.get(&k("empty")).await.map_err(e)? == Some(vec![]), "empty value")?;
+        check(
+            s.get(&k("empty")).await.map_err(e)? == Some(vec![]),
+            "empty value",
+        )?;
         let big = vec![42u8; 1 << 20];
-        s.put(&k("big"), &big, Some(Duration::from_secs(60))).await.map_err(e)?;
-        check(s.get(&k("big")).await.map_err(e)? == Some(big), "1 MiB value")?;
+        s.put(&k("big"), &big, Some(Duration::from_secs(60)))
+            .await
+            .map_err(e)?;
+        check(
+            s.get(&k("big")).await.map_err(e)? == Some(big),
+            "1 MiB value",
+        )?;
         // ttl.
-        s.put(&k("ttl"), b"x", Some(Duration::from_millis(300))).await.map_err(e)?;
-        check(s.get(&k("ttl")).await.map_err(e)?.is_some(), "live before ttl")?;
+        s.put(&k("ttl"), b"x", Some(Duration::from_millis(300)))
+            .await
+            .map_err(e)?;
+        check(
+            s.get(&k("ttl")).await.map_err(e)?.is_some(),
+            "live before ttl",
+        )?;
         // put_new.
-        check(s.put_new(&k("once"), b"1", Some(Duration::from_millis(300))).await.map_err(e)?, "first put_new sets")?;
-        check(!s.put_new(&k("once"), b"2", None).await.map_err(e)?, "second put_new does not")?;
-        check(s.get(&k("once")).await.map_err(e)? == Some(b"1".to_vec()), "put_new kept the first")?;
+        check(
+            s.put_new(&k("once"), b"1", Some(Duration::from_millis(300)))
+                .await
+                .map_err(e)?,
+            "first put_new sets",
+        )?;
+        check(
+            !s.put_new(&k("once"), b"2", None).await.map_err(e)?,
+            "second put_new does not",
+        )?;
+        check(
+            s.get(&k("once")).await.map_err(e)? == Some(b"1".to_vec()),
+            "put_new kept the first",
+        )?;
         // incr.
-        check(s.incr(&k("n"), Duration::from_millis(300)).await.map_err(e)? == 1, "incr starts at 1")?;
-        check(s.incr(&k("n"), Duration::from_millis(300)).await.map_err(e)? == 2, "incr counts")?;
+        check(
+            s.incr(&k("n"), Duration::from_millis(300))
+                .await
+                .map_err(e)?
+                == 1,
+            "incr starts at 1",
+        )?;
+        check(
+            s.incr(&k("n"), Duration::from_millis(300))
+                .await
+                .map_err(e)?
+                == 2,
+            "incr counts",
+        )?;
         tokio::time::sleep(Duration::from_millis(450)).await;
-        check(s.get(&k("ttl")).await.map_err(e)?.is_none(), "expired after ttl")?;
-        check(s.put_new(&k("once"), b"3", None).await.map_err(e)?, "put_new after expiry sets")?;
-        check(s.incr(&k("n"), Duration::from_secs(60)).await.map_err(e)? == 1, "counter window expired")?;
+        check(
+            s.get(&k("ttl")).await.map_err(e)?.is_none(),
+            "expired after ttl",
+        )?;
+        check(
+            s.put_new(&k("once"), b"3", None).await.map_err(e)?,
+            "put_new after expiry sets",
+        )?;
+        check(
+            s.incr(&k("n"), Duration::from_secs(60)).await.map_err(e)? == 1,
+            "counter window expired",
+        )?;
         // take: exactly one of many concurrent takers gets the value.
-        s.put(&k("code"), b"c", Some(Duration::from_secs(30))).await.map_err(e)?;
+        s.put(&k("code"), b"c", Some(Duration::from_secs(30)))
+            .await
+            .map_err(e)?;
         let code = k("code");
         let takes = futures_util::future::join_all((0..20).map(|_| s.take(&code))).await;
-        let got = takes.into_iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+        let got = takes
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Some(_))))
+            .count();
         check(got == 1, "exactly one take wins")?;
-        check(s.take(&k("code")).await.map_err(e)?.is_none(), "taken is gone")?;
+        check(
+            s.take(&k("code")).await.map_err(e)?.is_none(),
+            "taken is gone",
+        )?;
         // delete.
         check(s.delete(&k("a")).await.map_err(e)?, "delete existing")?;
         check(!s.delete(&k("a")).await.map_err(e)?, "delete absent")?;
         // keys by prefix, without expired ones.
         s.put(&k("p:1"), b"", None).await.map_err(e)?;
         s.put(&k("p:2"), b"", None).await.map_err(e)?;
-        s.put(&k("p:3"), b"", Some(Duration::from_millis(100))).await.map_err(e)?;
+        s.put(&k("p:3"), b"", Some(Duration::from_millis(100)))
+            .await
+            .map_err(e)?;
         s.put(&k("q:1"), b"", None).await.map_err(e)?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut keys = s.keys(&k("p:")).await.map_err(e)?;
         keys.sort();
-        check(keys == vec![k("p:1"), k("p:2")], "keys by prefix, live only")?;
+        check(
+            keys == vec![k("p:1"), k("p:2")],
+            "keys by prefix, live only",
+        )?;
         Ok(())
     }
 }
@@ -564,7 +654,10 @@ mod tests {
         // A value too short to carry its header is corrupt, not a panic.
         {
             let tx = s.db.begin_write().unwrap();
-            tx.open_table(TABLE).unwrap().insert("bad", &[1u8, 2][..]).unwrap();
+            tx.open_table(TABLE)
+                .unwrap()
+                .insert("bad", &[1u8, 2][..])
+                .unwrap();
             tx.commit().unwrap();
         }
         assert!(matches!(s.get("bad").await, Err(StoreError::Corrupt(_))));

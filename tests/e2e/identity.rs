@@ -230,7 +230,12 @@ async fn login_with_idp_mfa_reaches_the_ehr_with_a_signed_assertion() {
         .login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart/42?tab=notes")
         .await;
     assert_eq!(page.status, 200, "{}: {}", page.url, page.body);
-    assert_eq!(page.url, s.url("ehr.test", "/chart/42?tab=notes"), "{}", s.proxy.log());
+    assert_eq!(
+        page.url,
+        s.url("ehr.test", "/chart/42?tab=notes"),
+        "{}",
+        s.proxy.log()
+    );
     // The upstream saw the request with a valid assertion and without dermgate's cookie.
     let seen = s.up.seen();
     let last = seen.last().unwrap();
@@ -903,6 +908,9 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
         .control(&idp, "/__test/rotate-keys", serde_json::json!({}))
         .await;
     assert!(v["kids"].as_array().is_some_and(|k| !k.is_empty()));
+    // The unknown-kid attack above just refreshed the JWKS; refreshes are
+    // rate-limited (one per 2 s), so a flood of unknown kids cannot hammer the IdP.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let t = s.idp.mint(&idp, "RS256", good.clone()).await;
     let (st, _) = call(t).await;
     assert_eq!(

@@ -142,7 +142,7 @@ impl std::fmt::Debug for Idp {
 }
 
 /// Least time between two JWKS or discovery fetches.
-const REFRESH_EVERY: Duration = Duration::from_secs(5);
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
