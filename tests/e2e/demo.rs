@@ -95,3 +95,49 @@ async fn demo_users_sign_in_through_the_dev_idp() {
     let page = b.idp_login(&form, "nogroups", "demo-nogroups-pass").await;
     assert_eq!(page.status, 403, "{}", page.body);
 }
+
+/// base64(SHA-256(SubjectPublicKeyInfo)) of a PEM certificate, for Chromium's
+/// `--ignore-certificate-errors-spki-list` (trust exactly that key, nothing else).
+fn spki_hash(cert: &std::path::Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | openssl base64 -A",
+            cert.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_signs_in_with_totp_step_up_and_reaches_the_ehr() {
+    let d = start_demo();
+    let oidc = oidc_dir();
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("chromium-login.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = Command::new("node")
+        .arg("browser-login.js")
+        .current_dir(&oidc)
+        .env("START_URL", format!("https://localhost:{}/", d.port))
+        .env("LOGIN", "dr-nomfa")
+        .env("PASSWORD", "demo-nomfa-pass")
+        .env("EXPECT_TEXT", "Demo EHR")
+        .env("SCREENSHOT", &shot)
+        .env("SPKI", spki_hash(&d.dir.path().join("certs/server.pem")))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium login failed:\n{text}");
+    assert!(text.contains(&format!("OK https://localhost:{}/", d.port)), "{text}");
+    // The screenshot is kept as a test artifact; it is a real PNG.
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "screenshot at {}", shot.display());
+    // The demo's audit trail saw the enrollment and the login.
+    let audit = std::fs::read_to_string(d.dir.path().join("audit/audit.jsonl")).unwrap();
+    assert!(audit.contains("\"totp_enrolled\"") && audit.contains("\"login\""), "{audit}");
+    assert!(!audit.contains("demo-nomfa-pass"));
+}
