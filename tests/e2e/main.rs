@@ -14,5 +14,6 @@ mod forwarding;
 mod identity;
 mod operations;
 mod policy;
+mod store;
 mod streaming;
 mod tls;
