@@ -115,7 +115,8 @@ fn spki_hash(cert: &std::path::Path) -> String {
 async fn headless_chromium_signs_in_with_totp_step_up_and_reaches_the_ehr() {
     let d = start_demo();
     let oidc = oidc_dir();
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-artifacts");
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("chromium-login.png");
     let _ = std::fs::remove_file(&shot);
@@ -130,14 +131,25 @@ async fn headless_chromium_signs_in_with_totp_step_up_and_reaches_the_ehr() {
         .env("SPKI", spki_hash(&d.dir.path().join("certs/server.pem")))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "chromium login failed:\n{text}");
-    assert!(text.contains(&format!("OK https://localhost:{}/", d.port)), "{text}");
+    assert!(
+        text.contains(&format!("OK https://localhost:{}/", d.port)),
+        "{text}"
+    );
     // The screenshot is kept as a test artifact; it is a real PNG.
     let png = std::fs::read(&shot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 5_000, "screenshot at {}", shot.display());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "screenshot at {}",
+        shot.display()
+    );
     // The demo's audit trail saw the enrollment and the login.
     let audit = std::fs::read_to_string(d.dir.path().join("audit/audit.jsonl")).unwrap();
-    assert!(audit.contains("\"totp_enrolled\"") && audit.contains("\"login\""), "{audit}");
+    assert!(
+        audit.contains("\"totp_enrolled\"") && audit.contains("\"login\""),
+        "{audit}"
+    );
     assert!(!audit.contains("demo-nomfa-pass"));
 }

@@ -1092,3 +1092,113 @@ async fn open_ws(
     assert_eq!(resp.status(), 101);
     ws
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_sessions_cli_totp_and_no_secret_is_logged() {
+    let s = Stack::start("").await;
+    let mut b = s.browser();
+    assert_eq!(
+        s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
+    let before = b.cookie("ehr.test", "__Host-dermgate").unwrap();
+    let (code, out) = s.cli(&["keys", "rotate"]);
+    assert_eq!(code, 0, "{out}");
+    let kid = out
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_string();
+    assert!(!before.starts_with(&format!("{kid}.")));
+    // The cookie sealed before the rotation still opens: nobody is logged out.
+    assert_eq!(b.get(&s.url("ehr.test", "/chart")).await.status, 200);
+    // New cookies are sealed with the new key.
+    let mut b2 = s.browser();
+    assert_eq!(
+        s.login(&mut b2, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
+    let after = b2.cookie("ehr.test", "__Host-dermgate").unwrap();
+    assert!(
+        after.starts_with(&format!("{kid}.")),
+        "{after} sealed with {kid}"
+    );
+
+    // TOTP from the CLI: enroll prints the otpauth URI and a QR code; verify accepts once.
+    let (code, out) = s.cli(&["totp", "enroll", "--user", "dr.cli"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("otpauth://totp/dermgate:dr.cli?") && out.contains('█'),
+        "{out}"
+    );
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key (type it in if you cannot scan): "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let totp = totp_now(&secret, 0);
+    let (code, out) = s.cli(&["totp", "verify", "--user", "dr.cli", &totp]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = s.cli(&["totp", "verify", "--user", "dr.cli", &totp]);
+    assert_ne!(code, 0, "a code is accepted once: {out}");
+
+    // A bearer token used once.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = s
+        .idp
+        .mint(
+            &s.idp_client(),
+            "ES256",
+            serde_json::json!({"iss": s.idp.issuer, "aud": "dermgate-api", "sub": "svc", "groups": ["clinicians"],
+                "amr": ["otp"], "auth_time": now, "iat": now, "exp": now + 300}),
+        )
+        .await;
+    let r = s
+        .api_client()
+        .get(s.url("ehr.test", "/api/x?secret-query=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // No secret in the proxy's log or the audit trail.
+    let log = s.proxy.log();
+    let audit = std::fs::read_to_string(s.dir.path().join("audit/audit.jsonl")).unwrap();
+    let sig = |t: &str| t.rsplit('.').next().unwrap().to_string();
+    for (what, secret) in [
+        ("session cookie", sig(&before)),
+        ("session cookie", sig(&after)),
+        ("password", "mfa-doc-pass".to_string()),
+        ("client secret", CLIENT_SECRET.to_string()),
+        ("bearer token", sig(&token)),
+        ("TOTP secret", secret.clone()),
+        ("TOTP code", format!("\"{totp}\"")),
+        ("query string", "secret-query".to_string()),
+    ] {
+        assert!(!log.contains(&secret), "{what} in the log");
+        assert!(!audit.contains(&secret), "{what} in the audit trail");
+    }
+    // And the trail verifies.
+    let (code, out) = {
+        let o = Command::new(BIN)
+            .args(["audit", "verify"])
+            .arg(s.dir.path().join("audit/audit.jsonl"))
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    assert_eq!(code, 0, "{out}");
+}

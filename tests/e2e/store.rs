@@ -38,7 +38,11 @@ async fn redis_outage_fails_fast_and_recovers_by_itself() {
     let t = Instant::now();
     let err = r.get("k").await;
     assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");
-    assert!(t.elapsed() < Duration::from_millis(2500), "fails fast: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "fails fast: {:?}",
+        t.elapsed()
+    );
     redis.restart();
     let t = Instant::now();
     loop {

@@ -40,7 +40,8 @@ impl RedisServer {
     /// Starts redis-server speaking only TLS, with this certificate.
     pub fn start_tls(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("dermgate-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("dermgate-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let mut r = Self {
             child: None,
@@ -54,7 +55,11 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:PORT/0` (or `rediss://` with TLS).
     pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
