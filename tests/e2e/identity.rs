@@ -26,7 +26,6 @@ pub struct Stack {
     pub proxy: Proxy,
     pub dir: TempDir,
     pub port: u16,
-    pub admin: u16,
     pub config: std::path::PathBuf,
 }
 
@@ -64,7 +63,6 @@ impl Stack {
             proxy,
             dir,
             port,
-            admin,
             config,
         }
     }
@@ -262,7 +260,7 @@ async fn login_with_idp_mfa_reaches_the_ehr_with_a_signed_assertion() {
             .unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     v.set_audience(&["ehr"]);
-    v.set_issuer(&[format!("https://gate.test")]);
+    v.set_issuer(&["https://gate.test"]);
     let claims = jsonwebtoken::decode::<serde_json::Value>(&assertion, &key, &v)
         .unwrap()
         .claims;

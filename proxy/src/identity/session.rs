@@ -229,7 +229,7 @@ impl Sessions {
                 out.push(Session { id, record });
             }
         }
-        out.sort_by(|a, b| a.record.created.cmp(&b.record.created));
+        out.sort_by_key(|s| s.record.created);
         Ok(out)
     }
 }
