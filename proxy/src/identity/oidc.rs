@@ -45,7 +45,8 @@ pub enum IdpError {
 
 /// Metadata and keys, fetched together and swapped atomically.
 struct IdpState {
-    metadata: CoreProviderMetadata,
+    /// `None` when only keys were installed (tools, benchmarks).
+    metadata: Option<CoreProviderMetadata>,
     keys: JwkSet,
     end_session: Option<String>,
 }
@@ -220,7 +221,7 @@ impl Idp {
             .map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
         let metadata = metadata.set_jwks(oidc_keys);
         self.state.store(Some(Arc::new(IdpState {
-            metadata,
+            metadata: Some(metadata),
             keys,
             end_session,
         })));
@@ -272,8 +273,12 @@ impl Idp {
     > {
         let redirect = RedirectUrl::new(self.cfg.callback.clone())
             .map_err(|e| IdpError::Unavailable(format!("callback URL: {e}")))?;
+        let metadata = st
+            .metadata
+            .clone()
+            .ok_or_else(|| IdpError::Unavailable("no discovery document".into()))?;
         Ok(CoreClient::from_provider_metadata(
-            st.metadata.clone(),
+            metadata,
             ClientId::new(self.cfg.client_id.clone()),
             Some(ClientSecret::new(self.secret.clone())),
         )
@@ -352,6 +357,21 @@ impl Idp {
         let claims = Claims::from_json(all, &self.cfg.groups_claim)
             .map_err(|e| IdpError::Refused(e.into()))?;
         Ok((claims, raw))
+    }
+
+    /// Installs a JWKS directly (no discovery): for tools and benchmarks that
+    /// verify tokens offline. Logins still need [`refresh`](Self::refresh).
+    pub fn install_keys(&self, jwks_json: &str) -> Result<(), IdpError> {
+        let keys: JwkSet = serde_json::from_str(jwks_json)
+            .map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
+        let current = self.state.load_full();
+        self.state.store(Some(Arc::new(IdpState {
+            metadata: current.as_ref().and_then(|s| s.metadata.clone()),
+            end_session: current.as_ref().and_then(|s| s.end_session.clone()),
+            keys,
+        })));
+        self.last_fetch_ms.store(now_ms(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// RP-initiated logout URL, when the IdP offers it.
