@@ -101,12 +101,19 @@ fn cookie_headers(rt: &tokio::runtime::Runtime, svc: &IdentityService) -> http::
     let mut h = http::HeaderMap::new();
     h.insert(
         http::header::COOKIE,
-        format!("theme=dark; {COOKIE_NAME}={sealed}; lang=en").parse().expect("header"),
+        format!("theme=dark; {COOKIE_NAME}={sealed}; lang=en")
+            .parse()
+            .expect("header"),
     );
     h
 }
 
-fn bench_session(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: &IdentityService) {
+fn bench_session(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: &IdentityService,
+) {
     let h = cookie_headers(rt, svc);
     let id = svc.open_cookie(&h).expect("cookie").expect("some").i;
     let mut g = c.benchmark_group("session_check");
@@ -155,7 +162,16 @@ fn start_redis() -> Option<(RedisProcess, u16)> {
         .ok()?
         .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -177,7 +193,11 @@ fn session_check(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (_s, svc) = service(&rt, "embedded", "[store]\nkind = \"embedded\"\npath = \"state\"");
+    let (_s, svc) = service(
+        &rt,
+        "embedded",
+        "[store]\nkind = \"embedded\"\npath = \"state\"",
+    );
     bench_session(c, &rt, "embedded", &svc);
     match start_redis() {
         Some((_redis, port)) => {
@@ -233,7 +253,10 @@ fn bearer_verify(c: &mut Criterion) {
         let mut header = jsonwebtoken::Header::new(alg);
         header.kid = Some(kid.into());
         let token = jsonwebtoken::encode(&header, &claims, &enc).expect("sign");
-        assert!(rt.block_on(svc.idp.verify_bearer(&token)).is_ok(), "{alg:?} token verifies");
+        assert!(
+            rt.block_on(svc.idp.verify_bearer(&token)).is_ok(),
+            "{alg:?} token verifies"
+        );
         g.bench_function(format!("{alg:?}/dermgate"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -253,8 +276,12 @@ fn bearer_verify(c: &mut Criterion) {
         g.bench_function(format!("{alg:?}/jsonwebtoken_decode"), |b| {
             b.iter(|| {
                 black_box(
-                    jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(black_box(&token), &dec, &v)
-                        .ok(),
+                    jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                        black_box(&token),
+                        &dec,
+                        &v,
+                    )
+                    .ok(),
                 )
             })
         });

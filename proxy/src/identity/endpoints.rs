@@ -559,7 +559,7 @@ async fn logout(
     let mut sub = None;
     if let Ok(Some(c)) = id.open_cookie(req.headers()) {
         if let Ok(Some(rec)) = id.sessions.get(&c.i).await {
-            id_token = rec.id_token.clone();
+            id_token = id.sessions.id_token(&c.i).await.ok().flatten();
             sub = Some(rec.sub);
         }
         if id.sessions.revoke(&c.i).await.is_err() {

@@ -26,7 +26,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, IdentityConfig, RouteConfig, StoreConfig};
 use crate::keys::{AssertionKey, CookieKeys};
@@ -118,8 +117,10 @@ impl Identity {
     }
 }
 
-/// What the session cookie carries (sealed): the id and an integrity-protected summary.
-#[derive(Debug, Serialize, Deserialize)]
+/// What the session cookie carries (sealed): the id and an integrity-protected
+/// summary. Encoded compactly (it is opened on every request):
+/// `expiry (8, big-endian) || id length (1) || id || subject`.
+#[derive(Debug, PartialEq, Eq)]
 pub struct CookieBody {
     /// Session id.
     pub i: String,
@@ -127,6 +128,29 @@ pub struct CookieBody {
     pub s: String,
     /// Absolute expiry (unix s).
     pub e: u64,
+}
+
+impl CookieBody {
+    fn encode(&self) -> Option<Vec<u8>> {
+        let len = u8::try_from(self.i.len()).ok()?;
+        let mut v = Vec::with_capacity(9 + self.i.len() + self.s.len());
+        v.extend_from_slice(&self.e.to_be_bytes());
+        v.push(len);
+        v.extend_from_slice(self.i.as_bytes());
+        v.extend_from_slice(self.s.as_bytes());
+        Some(v)
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let (e, rest) = b.split_first_chunk::<8>()?;
+        let (&len, rest) = rest.split_first()?;
+        let (i, s) = rest.split_at_checked(usize::from(len))?;
+        Some(Self {
+            i: std::str::from_utf8(i).ok()?.to_string(),
+            s: std::str::from_utf8(s).ok()?.to_string(),
+            e: u64::from_be_bytes(*e),
+        })
+    }
 }
 
 /// Why identification ended the request.
@@ -270,8 +294,10 @@ impl IdentityService {
             s: s.record.sub.clone(),
             e: s.record.created + self.sessions.max_absolute.as_secs(),
         };
-        let json = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
-        self.cookie_keys.load().seal(COOKIE_NAME.as_bytes(), &json)
+        let bytes = body
+            .encode()
+            .ok_or_else(|| std::io::Error::other("session id too long"))?;
+        self.cookie_keys.load().seal(COOKIE_NAME.as_bytes(), &bytes)
     }
 
     /// Opens the session cookie of a request, if it has a valid one.
@@ -283,7 +309,7 @@ impl IdentityService {
             .cookie_keys
             .load()
             .open(COOKIE_NAME.as_bytes(), v)
-            .and_then(|b| serde_json::from_slice::<CookieBody>(&b).ok())
+            .and_then(|b| CookieBody::decode(&b))
             .ok_or(NoSession::BadCookie)?;
         if body.e <= session::now() {
             return Err(NoSession::Ended);
@@ -456,6 +482,18 @@ mod tests {
         strip_own_cookies(&mut h);
         let all: Vec<_> = h.get_all(COOKIE).iter().collect();
         assert_eq!(all, vec!["a=1; b=2"]);
+    }
+
+    #[test]
+    fn cookie_body_round_trips_and_refuses_garbage() {
+        let b = CookieBody {
+            i: "abc".into(),
+            s: "dr.lee@example".into(),
+            e: 42,
+        };
+        assert_eq!(CookieBody::decode(&b.encode().unwrap()), Some(b));
+        assert_eq!(CookieBody::decode(&[0; 8]), None);
+        assert_eq!(CookieBody::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 9, b'a']), None);
     }
 
     #[test]

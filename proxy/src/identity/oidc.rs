@@ -7,6 +7,7 @@
 //! atomically; an unknown `kid` triggers a (rate-limited) JWKS refresh, so an
 //! IdP key rotation needs no restart.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,7 +48,9 @@ pub enum IdpError {
 struct IdpState {
     /// `None` when only keys were installed (tools, benchmarks).
     metadata: Option<CoreProviderMetadata>,
-    keys: JwkSet,
+    /// Verification keys by `kid`, each with the one algorithm it may be used
+    /// with, parsed once per JWKS fetch (not per token).
+    keys: HashMap<String, Result<Arc<(DecodingKey, Algorithm)>, &'static str>>,
     end_session: Option<String>,
 }
 
@@ -219,6 +222,7 @@ impl Idp {
             .map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
         let keys: JwkSet = serde_json::from_value(raw_keys)
             .map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
+        let keys = compile_keys(&keys);
         let metadata = metadata.set_jwks(oidc_keys);
         self.state.store(Some(Arc::new(IdpState {
             metadata: Some(metadata),
@@ -364,6 +368,7 @@ impl Idp {
     pub fn install_keys(&self, jwks_json: &str) -> Result<(), IdpError> {
         let keys: JwkSet = serde_json::from_str(jwks_json)
             .map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
+        let keys = compile_keys(&keys);
         let current = self.state.load_full();
         self.state.store(Some(Arc::new(IdpState {
             metadata: current.as_ref().and_then(|s| s.metadata.clone()),
@@ -390,25 +395,21 @@ impl Idp {
 
     /// The key for `kid`, and the one algorithm it may be used with. An unknown
     /// `kid` refreshes the JWKS (rate-limited) once.
-    async fn key_for(&self, kid: Option<&str>) -> Result<(DecodingKey, Algorithm), IdpError> {
+    async fn key_for(&self, kid: Option<&str>) -> Result<Arc<(DecodingKey, Algorithm)>, IdpError> {
         let kid = kid.ok_or(IdpError::Token("the token names no key (kid)"))?;
         let st = self.current().await?;
-        let jwk = match st.keys.find(kid) {
-            Some(j) => j.clone(),
+        let found = match st.keys.get(kid) {
+            Some(k) => k.clone(),
             None => {
                 let _ = self.refresh(false).await;
                 let st = self.current().await?;
                 st.keys
-                    .find(kid)
+                    .get(kid)
                     .cloned()
                     .ok_or(IdpError::Token("the token's key (kid) is unknown"))?
             }
         };
-        let alg =
-            key_algorithm(&jwk).ok_or(IdpError::Token("the IdP key has no usable algorithm"))?;
-        let key =
-            DecodingKey::from_jwk(&jwk).map_err(|_| IdpError::Token("the IdP key is unusable"))?;
-        Ok((key, alg))
+        found.map_err(IdpError::Token)
     }
 
     async fn verify(
@@ -419,7 +420,8 @@ impl Idp {
     ) -> Result<Map<String, Value>, IdpError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| IdpError::Token("malformed token"))?;
-        let (key, alg) = self.key_for(header.kid.as_deref()).await?;
+        let k = self.key_for(header.kid.as_deref()).await?;
+        let (key, alg) = (&k.0, k.1);
         // The algorithm comes from the key, never from the token.
         if header.alg != alg {
             return Err(IdpError::Token(
@@ -432,7 +434,7 @@ impl Idp {
         v.set_issuer(&[self.cfg.issuer.as_str()]);
         v.set_audience(&[aud]);
         v.set_required_spec_claims(required);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v).map_err(|e| {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             IdpError::Token(match e.kind() {
                 K::ExpiredSignature => "the token has expired",
@@ -509,6 +511,25 @@ fn payload(jwt: &str) -> Option<Map<String, Value>> {
     let p = jwt.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+fn compile_keys(
+    set: &JwkSet,
+) -> HashMap<String, Result<Arc<(DecodingKey, Algorithm)>, &'static str>> {
+    set.keys
+        .iter()
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.clone()?;
+            let k = key_algorithm(jwk)
+                .ok_or("the IdP key has no usable algorithm")
+                .and_then(|alg| {
+                    DecodingKey::from_jwk(jwk)
+                        .map(|key| Arc::new((key, alg)))
+                        .map_err(|_| "the IdP key is unusable")
+                });
+            Some((kid, k))
+        })
+        .collect()
 }
 
 /// The algorithm a JWK may be used with: its `alg`, else its key type's only one.

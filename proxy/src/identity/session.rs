@@ -48,7 +48,9 @@ pub struct SessionRecord {
     pub last_seen: u64,
     /// The IdP's session id (`sid`), for back-channel logout.
     pub sid: Option<String>,
-    /// The ID token, as `id_token_hint` for RP-initiated logout.
+    /// The ID token, as `id_token_hint` for RP-initiated logout. Kept under its
+    /// own key (`it:<id>`), so the record read on every request stays small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
     /// The user's display e-mail, when the IdP sent one.
     pub email: Option<String>,
@@ -124,9 +126,14 @@ impl Sessions {
     }
 
     /// Stores a new session under a fresh random id.
-    pub async fn create(&self, record: SessionRecord) -> Result<Session, StoreError> {
+    pub async fn create(&self, mut record: SessionRecord) -> Result<Session, StoreError> {
         let id = crate::keys::token(32).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let ttl = self.ttl(&record);
+        if let Some(t) = record.id_token.take() {
+            self.store
+                .put(&format!("it:{id}"), t.as_bytes(), Some(ttl))
+                .await?;
+        }
         let json = serde_json::to_vec(&record).map_err(corrupt)?;
         self.store
             .put(&format!("u:{}:{id}", b64(&record.sub)), b"", Some(ttl))
@@ -156,8 +163,20 @@ impl Sessions {
             .await
     }
 
+    /// The ID token of session `id` (for RP-initiated logout).
+    pub async fn id_token(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .get(&format!("it:{id}"))
+            .await?
+            .and_then(|b| String::from_utf8(b).ok()))
+    }
+
     /// Gives the session a new id (at step-up: no fixation), deleting the old one.
-    pub async fn renew(&self, old: &str, record: SessionRecord) -> Result<Session, StoreError> {
+    pub async fn renew(&self, old: &str, mut record: SessionRecord) -> Result<Session, StoreError> {
+        if record.id_token.is_none() {
+            record.id_token = self.id_token(old).await?;
+        }
         let s = self.create(record).await?;
         self.revoke(old).await?;
         Ok(s)
@@ -168,6 +187,7 @@ impl Sessions {
         let Some(b) = self.store.take(&key(id)).await? else {
             return Ok(false);
         };
+        self.store.delete(&format!("it:{id}")).await?;
         if let Ok(rec) = serde_json::from_slice::<SessionRecord>(&b) {
             self.store
                 .delete(&format!("u:{}:{id}", b64(&rec.sub)))
