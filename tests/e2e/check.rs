@@ -47,7 +47,7 @@ fn broken_configs_report_every_error_with_position() {
         ),
         (
             "not yet supported section",
-            fill(&format!("{HEAD}{ROUTE}[oidc]\nissuer = \"https://idp\"\n")),
+            fill(&format!("{HEAD}{ROUTE}[alerts]\nwebhook = \"https://alerts\"\n")),
             vec![":13:2:", "not supported yet"],
         ),
         (
@@ -99,9 +99,9 @@ fn broken_configs_report_every_error_with_position() {
             vec![":14:8:", "used twice"],
         ),
         (
-            "route key not supported yet",
-            fill(&format!("{HEAD}{ROUTE}idle = \"15m\"\n")),
-            vec![":13:1:", "not supported yet"],
+            "identity provider over plain http, and no [keys]",
+            fill(&format!("{HEAD}{ROUTE}[oidc]\nissuer = \"http://idp\"\n")),
+            vec![":14:10:", "https URL", "client_id", "[keys] dir"],
         ),
         (
             "bad host and path",
