@@ -47,7 +47,9 @@ fn broken_configs_report_every_error_with_position() {
         ),
         (
             "not yet supported section",
-            fill(&format!("{HEAD}{ROUTE}[alerts]\nwebhook = \"https://alerts\"\n")),
+            fill(&format!(
+                "{HEAD}{ROUTE}[alerts]\nwebhook = \"https://alerts\"\n"
+            )),
             vec![":13:2:", "not supported yet"],
         ),
         (
