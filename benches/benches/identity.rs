@@ -8,6 +8,8 @@
 //!   bare `jsonwebtoken::decode` of the same token with the same key.
 //!   Target: overhead ≤ 10 %.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -24,7 +24,8 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
-fn escape(s: &str) -> String {
+/// Escapes text for HTML (every page the proxy makes uses this one).
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -44,13 +44,18 @@ pub enum IdpError {
     Token(&'static str),
 }
 
+/// A verification key and the one algorithm it may be used with.
+type VerifyKey = Arc<(DecodingKey, Algorithm)>;
+/// Keys by `kid`; an unusable key keeps the reason it is refused.
+type KeyMap = HashMap<String, Result<VerifyKey, &'static str>>;
+
 /// Metadata and keys, fetched together and swapped atomically.
 struct IdpState {
     /// `None` when only keys were installed (tools, benchmarks).
     metadata: Option<CoreProviderMetadata>,
     /// Verification keys by `kid`, each with the one algorithm it may be used
     /// with, parsed once per JWKS fetch (not per token).
-    keys: HashMap<String, Result<Arc<(DecodingKey, Algorithm)>, &'static str>>,
+    keys: KeyMap,
     end_session: Option<String>,
 }
 
@@ -395,7 +400,7 @@ impl Idp {
 
     /// The key for `kid`, and the one algorithm it may be used with. An unknown
     /// `kid` refreshes the JWKS (rate-limited) once.
-    async fn key_for(&self, kid: Option<&str>) -> Result<Arc<(DecodingKey, Algorithm)>, IdpError> {
+    async fn key_for(&self, kid: Option<&str>) -> Result<VerifyKey, IdpError> {
         let kid = kid.ok_or(IdpError::Token("the token names no key (kid)"))?;
         let st = self.current().await?;
         let found = match st.keys.get(kid) {
@@ -513,9 +518,7 @@ fn payload(jwt: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn compile_keys(
-    set: &JwkSet,
-) -> HashMap<String, Result<Arc<(DecodingKey, Algorithm)>, &'static str>> {
+fn compile_keys(set: &JwkSet) -> KeyMap {
     set.keys
         .iter()
         .filter_map(|jwk| {

@@ -8,21 +8,7 @@ use http_body_util::Full;
 
 use crate::pages::HSTS;
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::pages::escape as esc;
 
 const STYLE: &str = "body{font:17px/1.5 system-ui,sans-serif;max-width:34em;margin:6vh auto;\
 padding:0 1em;color:#1d2733}h1{font-size:1.4em}label{display:block;margin:1em 0 .3em}\

@@ -23,22 +23,15 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers.
     pub fn start() -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("dermgate-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let mut r = Self {
-            child: None,
-            port,
-            dir,
-            tls: None,
-        };
-        r.restart();
-        r
+        Self::spawn(None)
     }
 
     /// Starts redis-server speaking only TLS, with this certificate.
     pub fn start_tls(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Self {
+        Self::spawn(Some((cert, key, ca)))
+    }
+
+    fn spawn(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("dermgate-redis-{}-{port}", std::process::id()));
@@ -47,7 +40,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
-            tls: Some((cert, key, ca)),
+            tls,
         };
         r.restart();
         r
