@@ -8,7 +8,9 @@
 //! Every replica reads `s:<id>` on every request, so a deletion (logout,
 //! revocation) is seen everywhere at once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -102,6 +104,52 @@ pub struct Sessions {
     store: Store,
     /// The longest a record may live (the largest absolute timeout configured).
     pub max_absolute: Duration,
+    cache: Arc<RecordCache>,
+}
+
+/// How long a record read from the store is reused by this process. A
+/// revocation on another replica is seen within this (well inside the 1 s
+/// promise); one on this replica at once.
+pub const CACHE_FOR: Duration = Duration::from_millis(500);
+const SHARDS: usize = 16;
+const SHARD_CAPACITY: usize = 8192;
+
+/// Recently read records, sharded so concurrent requests rarely meet on a lock.
+#[derive(Debug, Default)]
+struct RecordCache {
+    shards: [Mutex<HashMap<String, (Instant, SessionRecord)>>; SHARDS],
+}
+
+impl RecordCache {
+    fn shard(&self, id: &str) -> &Mutex<HashMap<String, (Instant, SessionRecord)>> {
+        let h = id.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        &self.shards[h % SHARDS]
+    }
+
+    fn get(&self, id: &str) -> Option<SessionRecord> {
+        let m = self.shard(id).lock().ok()?;
+        let (at, rec) = m.get(id)?;
+        (at.elapsed() < CACHE_FOR).then(|| rec.clone())
+    }
+
+    fn put(&self, id: &str, rec: &SessionRecord) {
+        if let Ok(mut m) = self.shard(id).lock() {
+            if m.len() >= SHARD_CAPACITY {
+                m.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
+            }
+            if m.len() < SHARD_CAPACITY {
+                m.insert(id.to_string(), (Instant::now(), rec.clone()));
+            }
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut m) = self.shard(id).lock() {
+            m.remove(id);
+        }
+    }
 }
 
 impl Sessions {
@@ -110,6 +158,7 @@ impl Sessions {
         Self {
             store,
             max_absolute,
+            cache: Arc::default(),
         }
     }
 
@@ -149,9 +198,24 @@ impl Sessions {
 
     /// The session `id`, if it exists.
     pub async fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        if let Some(r) = self.cache.get(id) {
+            return Ok(Some(r));
+        }
+        self.get_fresh(id).await
+    }
+
+    /// The session `id` read from the store (never the local cache).
+    pub async fn get_fresh(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         match self.store.get(&key(id)).await? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(corrupt),
+            None => {
+                self.cache.forget(id);
+                Ok(None)
+            }
+            Some(b) => {
+                let rec: SessionRecord = serde_json::from_slice(&b).map_err(corrupt)?;
+                self.cache.put(id, &rec);
+                Ok(Some(rec))
+            }
         }
     }
 
@@ -160,7 +224,9 @@ impl Sessions {
         let json = serde_json::to_vec(record).map_err(corrupt)?;
         self.store
             .put(&key(id), &json, Some(self.ttl(record)))
-            .await
+            .await?;
+        self.cache.put(id, record);
+        Ok(())
     }
 
     /// The ID token of session `id` (for RP-initiated logout).
@@ -184,6 +250,7 @@ impl Sessions {
 
     /// Ends one session; true when it existed.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        self.cache.forget(id);
         let Some(b) = self.store.take(&key(id)).await? else {
             return Ok(false);
         };

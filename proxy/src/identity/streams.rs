@@ -126,7 +126,7 @@ pub fn spawn_watcher(service: &Arc<IdentityService>) {
             let (_, absolute) = s.timeouts(None);
             let mut store_ok = true;
             for id in s.streams.sessions() {
-                let end = match s.sessions.get(&id).await {
+                let end = match s.sessions.get_fresh(&id).await {
                     Ok(None) => Some("session ended"),
                     Ok(Some(rec)) => (now().saturating_sub(rec.created) >= absolute.as_secs())
                         .then_some("absolute timeout"),
