@@ -16,6 +16,10 @@
 #                  HSTS on responses, so both do the same work;
 #        dermgate  one route, host localhost, path /, public = true, allow_plaintext = true,
 #                  upstream http://127.0.0.1:PORT, log level warn;
+#        dermgate-session  the same route, protected: [oidc] + embedded [store] + a policy that
+#                  needs the `clinicians` group and MFA; every request carries a session cookie
+#                  made beforehand by benches' `mint_session` (identify, session read, policy,
+#                  assertion signing all run per request); issue 5's goal: >= 1.0x nginx;
 #   4. per round, back to back: wrk (h1) against nginx then dermgate, h2load (h2) against nginx
 #      then dermgate (the order flips every other round), each after a short warm-up;
 #   5. prints rps, p50, p99, errors and server CPU per request for each, and the ratios
@@ -77,8 +81,11 @@ DG=$TARGET_DIR/release/dermgate
 if [[ -z ${NO_BUILD:-} ]]; then
     log "building dermgate (release, target dir $TARGET_DIR)"
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p dermgate)
+    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet -p dermgate-benches --bin mint_session)
 fi
 [[ -x $DG ]] || die "$DG not found"
+MINT=$TARGET_DIR/release/mint_session
+[[ -x $MINT ]] || die "$MINT not found"
 
 # ---------------------------------------------------------------- processes and cleanup
 WORK=$(mktemp -d /tmp/dermgate-compare.XXXXXX)
@@ -250,11 +257,39 @@ for _ in $(seq 100); do
 done
 [[ -n $DG_PORT ]] || die "dermgate did not report its port"
 
-# Both answer the same thing, over TLS 1.3, on h1 and h2.
-for target in "nginx $NGX_PORT" "dermgate $DG_PORT"; do
+# The same route behind sign-in: a session cookie minted into the embedded store first.
+mkdir -p "$WORK/session"
+echo "bench-secret" >"$WORK/session/client-secret"
+printf '[[rule]]\nname = "clinicians"\neffect = "allow"\nroutes = ["bench"]\ngroups = ["clinicians"]\nmfa_max_age = "12h"\n' \
+    >"$WORK/session/policy.toml"
+sed -e 's|^public = true$||' -e 's|"certs/|"../certs/|' "$WORK/dermgate.toml" >"$WORK/session/dermgate.toml"
+printf '%s\n' '' '[oidc]' 'issuer = "https://127.0.0.1:9"' 'client_id = "bench"' \
+    'client_secret_file = "client-secret"' 'callback = "https://localhost/.dermgate/callback"' \
+    '[keys]' 'dir = "keys"' '[store]' 'kind = "embedded"' 'path = "state"' '[policy]' 'file = "policy.toml"' \
+    >>"$WORK/session/dermgate.toml"
+"$DG" check --config "$WORK/session/dermgate.toml" >/dev/null 2>&1 || die "dermgate (session) check failed"
+COOKIE="__Host-dermgate=$("$MINT" --config "$WORK/session/dermgate.toml" 2>/dev/null)" || die "mint_session failed"
+TOKIO_WORKER_THREADS=$SERVER_THREADS "$DG" serve --config "$WORK/session/dermgate.toml" 2>"$WORK/dermgate-session.log" &
+DS_PID=$!
+PIDS+=("$DS_PID")
+DS_PORT=""
+for _ in $(seq 100); do
+    DS_PORT=$(sed -n 's|^dermgate listening on https://127\.0\.0\.1:\([0-9]*\) (tcp).*|\1|p' "$WORK/dermgate-session.log" | head -n1)
+    [[ -n $DS_PORT ]] && break
+    kill -0 "$DS_PID" 2>/dev/null || { cat "$WORK/dermgate-session.log" >&2; die "dermgate (session) exited at start"; }
+    sleep 0.1
+done
+[[ -n $DS_PORT ]] || die "dermgate (session) did not report its port"
+# Without the cookie it must refuse; with it, serve.
+code=$(curl -sS --cacert "$WORK/certs/ca.pem" -o /dev/null -w '%{http_code}' "https://localhost:$DS_PORT/")
+[[ $code == 401 ]] || die "dermgate (session) without a cookie: expected 401, got $code"
+hdr() { if [[ $1 == dermgate-session ]]; then echo "Cookie: $COOKIE"; else echo "X-Bench: 1"; fi; }
+
+# All answer the same thing, over TLS 1.3, on h1 and h2.
+for target in "nginx $NGX_PORT" "dermgate $DG_PORT" "dermgate-session $DS_PORT"; do
     set -- $target
     for v in --http1.1 --http2; do
-        got=$(curl -sS --cacert "$WORK/certs/ca.pem" --tlsv1.3 "$v" -o /dev/null \
+        got=$(curl -sS --cacert "$WORK/certs/ca.pem" --tlsv1.3 "$v" -o /dev/null -H "$(hdr "$1")" \
             -w '%{http_code} %{size_download} %{http_version}' "https://localhost:$2/")
         [[ $got == "200 $BODY_BYTES "* ]] || die "$1 $v: expected 200 with $BODY_BYTES bytes, got $got"
     done
@@ -290,9 +325,9 @@ to_ms() { # wrk latency like 812.00us, 1.23ms, 1.01s
 
 run_h1() { # server port pid round
     local out=$WORK/wrk-$1-$4.txt before after
-    wrk -t"$WRK_THREADS" -c"$CONNS" -d2s "https://localhost:$2/" >/dev/null # warm-up
+    wrk -t"$WRK_THREADS" -c"$CONNS" -d2s -H "$(hdr "$1")" "https://localhost:$2/" >/dev/null # warm-up
     before=$(cpu_ticks "$3")
-    wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "https://localhost:$2/" >"$out"
+    wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" -H "$(hdr "$1")" --latency "https://localhost:$2/" >"$out"
     after=$(cpu_ticks "$3")
     local rps p50 p99 reqs errors
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
@@ -305,9 +340,9 @@ run_h1() { # server port pid round
 
 run_h2() { # server port pid round
     local out=$WORK/h2load-$1-$4.txt lat=$WORK/h2load-$1-$4.log before after
-    h2load -n 2000 -c "$H2_CLIENTS" -m "$H2_STREAMS" "https://localhost:$2/" >/dev/null # warm-up
+    h2load -n 2000 -c "$H2_CLIENTS" -m "$H2_STREAMS" -H "$(hdr "$1")" "https://localhost:$2/" >/dev/null # warm-up
     before=$(cpu_ticks "$3")
-    h2load -n "$H2_REQUESTS" -c "$H2_CLIENTS" -m "$H2_STREAMS" -t "$H2_THREADS" \
+    h2load -n "$H2_REQUESTS" -c "$H2_CLIENTS" -m "$H2_STREAMS" -t "$H2_THREADS" -H "$(hdr "$1")" \
         --log-file="$lat" "https://localhost:$2/" >"$out"
     after=$(cpu_ticks "$3")
     grep -qi '^application protocol: h2' "$out" || die "h2load did not negotiate h2 with $1"
@@ -326,8 +361,8 @@ LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 log "nginx $NGINX_VERSION on :$NGX_PORT (worker_processes $SERVER_THREADS), dermgate on :$DG_PORT" \
     "(TOKIO_WORKER_THREADS=$SERVER_THREADS), upstream nginx on :$UP_PORT ($UPSTREAM_WORKERS worker, ${BODY_BYTES}-byte body)"
 for round in $(seq "$ROUNDS"); do
-    if ((round % 2)); then order=("nginx $NGX_PORT $NGX_PID" "dermgate $DG_PORT $DG_PID"); else
-        order=("dermgate $DG_PORT $DG_PID" "nginx $NGX_PORT $NGX_PID"); fi
+    if ((round % 2)); then order=("nginx $NGX_PORT $NGX_PID" "dermgate $DG_PORT $DG_PID" "dermgate-session $DS_PORT $DS_PID"); else
+        order=("dermgate-session $DS_PORT $DS_PID" "dermgate $DG_PORT $DG_PID" "nginx $NGX_PORT $NGX_PID"); fi
     for proto in h1 h2; do
         for target in "${order[@]}"; do
             set -- $target
@@ -337,6 +372,7 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 kill -0 "$DG_PID" 2>/dev/null || die "dermgate died during the run"
+kill -0 "$DS_PID" 2>/dev/null || die "dermgate (session) died during the run"
 
 # ---------------------------------------------------------------- 5. report
 echo
@@ -359,11 +395,18 @@ awk '
             rc = (cpu[a] > 0) ? cpu[b] / cpu[a] : 0
             printf "%-5s %-9s %11.2fx %9.2fx %9.2fx %8s %11.2fx   rps %s (goal >= 1.10x), p99 %s (goal <= 1.00x)\n",
                 p, "ratio", rr, r50, r99, "", rc, (rr >= 1.10 ? "MET" : "MISSED"), (r99 <= 1.00 ? "MET" : "MISSED")
+            c = p " dermgate-session"
+            if (c in n) {
+                printf "%-5s %-9s %12.0f %10.3f %10.3f %8d %12.1f\n", p, "session", rps[c]/n[c], p50[c]/n[c], p99[c]/n[c], err[c], cpu[c]/n[c]
+                rs = (rps[c]/n[c]) / (rps[a]/n[a])
+                printf "%-5s %-9s %11.2fx %9.2fx %9.2fx %8s %11.2fx   session rps %s (issue 5 goal >= 1.00x)\n",
+                    p, "ratio", rs, (p50[c]/n[c]) / (p50[a]/n[a]), (p99[c]/n[c]) / (p99[a]/n[a]), "", (cpu[a] > 0) ? cpu[c] / cpu[a] : 0, (rs >= 1.00 ? "MET" : "MISSED")
+            }
         }
     }' "$RESULTS"
 echo
 echo "ratio = dermgate / nginx. Per round:"
-awk '{ printf "  round %s %s %-9s rps %8.0f  p50 %7.3f ms  p99 %7.3f ms  errors %d  cpu %.1f us/req\n", $3, $1, $2, $4, $5, $6, $7, $8 }' \
+awk '{ printf "  round %s %s %-16s rps %8.0f  p50 %7.3f ms  p99 %7.3f ms  errors %d  cpu %.1f us/req\n", $3, $1, $2, $4, $5, $6, $7, $8 }' \
     "$RESULTS" | sort -k2,2n -k3,3
 if awk '$7 > 0 { bad = 1 } END { exit !bad }' "$RESULTS"; then
     echo
