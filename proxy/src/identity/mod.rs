@@ -195,6 +195,8 @@ pub struct IdentityService {
     pub assertion_iss: String,
     /// Open live streams by session.
     pub streams: streams::LiveStreams,
+    /// Recently signed assertions by route and session.
+    assertions: session::TimedCache<String>,
 }
 
 impl std::fmt::Debug for IdentityService {
@@ -258,6 +260,7 @@ impl IdentityService {
             totp,
             hosts,
             streams: Default::default(),
+            assertions: session::TimedCache::new(Duration::from_secs(30)),
         })
     }
 
@@ -377,8 +380,23 @@ impl IdentityService {
         }
     }
 
-    /// The signed identity assertion for the upstream of `route`.
+    /// The signed identity assertion for the upstream of `route`. A session's
+    /// assertion for a route is signed once and reused for up to 30 s of its
+    /// 60 s lifetime (signing is the costliest step of a protected request).
     pub fn assertion(&self, identity: &Identity, route: &str) -> Option<String> {
+        if let Identity::Session(s) = identity {
+            let key = format!("{route}\u{0}{}", s.id);
+            if let Some(a) = self.assertions.get(&key) {
+                return Some(a);
+            }
+            let a = self.sign_assertion(identity, route)?;
+            self.assertions.put(&key, &a);
+            return Some(a);
+        }
+        self.sign_assertion(identity, route)
+    }
+
+    fn sign_assertion(&self, identity: &Identity, route: &str) -> Option<String> {
         let sub = identity.subject()?;
         let now = session::now();
         let claims = serde_json::json!({

@@ -114,43 +114,59 @@ pub const CACHE_FOR: Duration = Duration::from_millis(500);
 const SHARDS: usize = 16;
 const SHARD_CAPACITY: usize = 8192;
 
-/// Recently read records, sharded so concurrent requests rarely meet on a lock.
-#[derive(Debug, Default)]
-struct RecordCache {
-    shards: [Mutex<HashMap<String, (Instant, SessionRecord)>>; SHARDS],
+/// Values reused for a short time, sharded so concurrent requests rarely meet
+/// on a lock; bounded per shard.
+#[derive(Debug)]
+pub struct TimedCache<T> {
+    shards: [Mutex<HashMap<String, (Instant, T)>>; SHARDS],
+    ttl: Duration,
 }
 
-impl RecordCache {
-    fn shard(&self, id: &str) -> &Mutex<HashMap<String, (Instant, SessionRecord)>> {
-        let h = id.bytes().fold(0usize, |h, b| {
+impl<T: Clone> TimedCache<T> {
+    /// Entries live `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            ttl,
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (Instant, T)>> {
+        let h = key.bytes().fold(0usize, |h, b| {
             h.wrapping_mul(31).wrapping_add(usize::from(b))
         });
         &self.shards[h % SHARDS]
     }
 
-    fn get(&self, id: &str) -> Option<SessionRecord> {
-        let m = self.shard(id).lock().ok()?;
-        let (at, rec) = m.get(id)?;
-        (at.elapsed() < CACHE_FOR).then(|| rec.clone())
+    /// A live entry.
+    pub fn get(&self, key: &str) -> Option<T> {
+        let m = self.shard(key).lock().ok()?;
+        let (at, v) = m.get(key)?;
+        (at.elapsed() < self.ttl).then(|| v.clone())
     }
 
-    fn put(&self, id: &str, rec: &SessionRecord) {
-        if let Ok(mut m) = self.shard(id).lock() {
+    /// Stores an entry.
+    pub fn put(&self, key: &str, v: &T) {
+        if let Ok(mut m) = self.shard(key).lock() {
             if m.len() >= SHARD_CAPACITY {
-                m.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
+                let ttl = self.ttl;
+                m.retain(|_, (at, _)| at.elapsed() < ttl);
             }
             if m.len() < SHARD_CAPACITY {
-                m.insert(id.to_string(), (Instant::now(), rec.clone()));
+                m.insert(key.to_string(), (Instant::now(), v.clone()));
             }
         }
     }
 
-    fn forget(&self, id: &str) {
-        if let Ok(mut m) = self.shard(id).lock() {
-            m.remove(id);
+    /// Drops an entry.
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.shard(key).lock() {
+            m.remove(key);
         }
     }
 }
+
+type RecordCache = TimedCache<SessionRecord>;
 
 impl Sessions {
     /// Sessions in `store`.
@@ -158,7 +174,7 @@ impl Sessions {
         Self {
             store,
             max_absolute,
-            cache: Arc::default(),
+            cache: Arc::new(TimedCache::new(CACHE_FOR)),
         }
     }
 
