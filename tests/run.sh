@@ -11,13 +11,16 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # Real servers and clients the end-to-end tests start on loopback ports:
 # openssl (TLS 1.2 client), redis-server (shared session store), chromium
-# (headless browser login), node + npm (the oidc-provider IdP).
+# (headless browser login), node + npm (the oidc-provider IdP), rsyslog with
+# its OpenSSL driver (the RFC 5425 syslog-over-TLS receiver).
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
+dpkg -s rsyslog-openssl >/dev/null 2>&1 || need_apt+=(rsyslog-openssl)
 if ((${#need_apt[@]})); then
   step "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

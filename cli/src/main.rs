@@ -2,9 +2,11 @@
 
 mod admin_client;
 mod audit_cmd;
+mod audit_read;
 mod check;
 mod demo;
 mod dev_idp;
+mod evidence;
 mod identity_cmd;
 mod policy_cmd;
 mod serve;
@@ -57,6 +59,27 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: audit_cmd::AuditCmd,
+    },
+    /// The HIPAA evidence report (45 CFR 164.312 (a)-(e)), measured from the audit trail
+    /// and the configuration: TLS 1.3 and HTTP/3 shares, MFA, upstream legs, keys,
+    /// break-the-glass, denials, public routes, the chain's verification, certificates,
+    /// retention.
+    #[command(
+        after_help = "Examples:\n  dermgate evidence --config dermgate.toml\n  dermgate evidence --since 90d --config dermgate.toml --json > evidence.json\n  dermgate evidence --config dermgate.toml --html evidence.html   (one page; prints on A4)\n\nExit codes: 0 every measure passed (exceptions are listed, not failures), 1 a measure failed\n(a request not over TLS 1.3, a broken audit chain, an expired certificate, no audit trail),\n2 usage error."
+    )]
+    Evidence {
+        /// The configuration (the trail, keys, routes and certificates it names).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The period: a duration back from now (30d, 12h) or an RFC 3339 time.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Print the report as JSON (for a GRC tool).
+        #[arg(long, conflicts_with = "html")]
+        json: bool,
+        /// Write the report as one self-contained HTML page to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Live sessions: list, revoke (every replica sees it within a second).
     Sessions {
@@ -160,6 +183,12 @@ fn main() -> ExitCode {
             cmd: PolicyCli::Other(cmd),
         } => policy_cmd::run(cmd),
         Cmd::Audit { cmd } => audit_cmd::run(cmd),
+        Cmd::Evidence {
+            config,
+            since,
+            json,
+            html,
+        } => evidence::run(&config, &since, json, html.as_deref()),
     }
 }
 

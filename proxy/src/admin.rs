@@ -252,7 +252,11 @@ fn admin_get(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            {
+                let mut m = shared.metrics.render();
+                shared.alerts.render(&mut m);
+                m
+            },
         ),
         p if p.starts_with("/admin/") => {
             if !authorized(shared, req) {

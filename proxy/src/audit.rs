@@ -310,7 +310,17 @@ fn last_line_hash(path: &Path) -> std::io::Result<(Option<String>, bool)> {
     Ok(((!line.is_empty()).then(|| sha256_hex(line)), torn))
 }
 
+/// Where committed records go besides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    /// Print every record to standard output (journald, container logs).
+    pub stdout: bool,
+    /// Forward every record to a syslog server over TLS.
+    pub syslog: Option<crate::syslog::Syslog>,
+}
+
 struct Writer {
+    outputs: Outputs,
     current: PathBuf,
     file: File,
     /// Length of the file at the last successful commit.
@@ -328,6 +338,7 @@ impl Writer {
         current: &Path,
         key: Ed25519KeyPair,
         healthy: Arc<AtomicBool>,
+        outputs: Outputs,
     ) -> Result<Self, AuditError> {
         if let Some(dir) = current.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -359,6 +370,7 @@ impl Writer {
             .map_err(io_err(current))?;
         let committed = file.metadata().map_err(io_err(current))?.len();
         Ok(Self {
+            outputs,
             current: current.to_path_buf(),
             file,
             committed,
@@ -415,6 +427,7 @@ impl Writer {
             .is_ok();
         if ok {
             self.committed += buf.len() as u64;
+            self.copy_out(&buf);
             if !self.healthy.swap(true, Ordering::Relaxed) {
                 tracing::warn!("audit trail writable again");
             }
@@ -429,6 +442,20 @@ impl Writer {
             }
         }
         ok
+    }
+
+    /// Copies committed lines to stdout and syslog (after the fsync: nothing
+    /// is reported elsewhere that the file does not hold).
+    fn copy_out(&self, buf: &[u8]) {
+        if self.outputs.stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(buf).and_then(|()| out.flush());
+        }
+        if let Some(s) = &self.outputs.syslog {
+            for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                s.send(line);
+            }
+        }
     }
 
     fn maybe_rotate(&mut self) {
@@ -473,8 +500,18 @@ fn today() -> String {
 impl Audit {
     /// Opens the trail at `file` and starts its writer thread.
     pub fn start(file: &Path, mode: SyncMode, key: Ed25519KeyPair) -> Result<Self, AuditError> {
+        Self::start_with(file, mode, key, Outputs::default())
+    }
+
+    /// [`Audit::start`], also copying every committed record to `outputs`.
+    pub fn start_with(
+        file: &Path,
+        mode: SyncMode,
+        key: Ed25519KeyPair,
+        outputs: Outputs,
+    ) -> Result<Self, AuditError> {
         let healthy = Arc::new(AtomicBool::new(true));
-        let mut writer = Writer::open(file, key, healthy.clone())?;
+        let mut writer = Writer::open(file, key, healthy.clone(), outputs)?;
         let (tx, rx) = mpsc::channel::<(Record, Option<Ack>)>();
         std::thread::Builder::new()
             .name("dermgate-audit".into())

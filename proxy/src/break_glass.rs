@@ -270,12 +270,14 @@ pub async fn handle(
                         minutes = lasts.as_secs() / 60,
                         "break-the-glass elevation opened"
                     );
-                    shared.audit_event(
-                        "break_glass",
-                        Some(&form.route),
-                        Some(form.justification.trim().to_string()),
-                        None,
-                    );
+                    // The elevation's record: who, where from, which route, and why.
+                    shared.alerts.raise_now(crate::alerts::Alert {
+                        kind: "break_glass",
+                        sub: Some(subject.to_string()),
+                        src: Some(conn.client.to_string()),
+                        route: Some(form.route.clone()),
+                        detail: form.justification.trim().to_string(),
+                    });
                     let rd = if form.rd.is_empty() {
                         "/".to_string()
                     } else {

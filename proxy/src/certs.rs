@@ -57,6 +57,7 @@ fn ca_params(cn: &str) -> CertificateParams {
     p.distinguished_name = name(cn);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    valid_for(&mut p, CA_DAYS);
     p
 }
 
@@ -77,6 +78,29 @@ fn write(dir: &Path, file: &str, contents: &str, private: bool) -> Result<PathBu
     let mut f = opts.open(&path).map_err(err)?;
     f.write_all(contents.as_bytes()).map_err(err)?;
     Ok(path)
+}
+
+/// Leaf certificates live as long as a public CA would allow (398 days at most).
+const LEAF_DAYS: i64 = 397;
+/// The development CAs: ten years.
+const CA_DAYS: i64 = 3650;
+
+/// Valid from yesterday (clock skew) for `days` days: real lifetimes, so that
+/// expiry warnings and the evidence report have real dates to show.
+fn valid_for(p: &mut CertificateParams, days: i64) {
+    let today = jiff::tz::Offset::UTC
+        .to_datetime(jiff::Timestamp::now())
+        .date();
+    let ymd = |d: jiff::civil::Date| {
+        rcgen::date_time_ymd(i32::from(d.year()), d.month() as u8, d.day() as u8)
+    };
+    if let (Ok(from), Ok(to)) = (
+        today.checked_sub(jiff::Span::new().days(1)),
+        today.checked_add(jiff::Span::new().days(days)),
+    ) {
+        p.not_before = ymd(from);
+        p.not_after = ymd(to);
+    }
 }
 
 /// Generates the development certificate set into `dir` (created if missing).
@@ -104,6 +128,7 @@ pub fn generate_dev(dir: &Path, extra_names: &[String]) -> Result<DevCerts, Cert
     server.distinguished_name = name("dermgate development server");
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    valid_for(&mut server, LEAF_DAYS);
     let server_key = KeyPair::generate()?;
     let server_cert = server.signed_by(&server_key, &ca)?;
 
@@ -116,6 +141,7 @@ pub fn generate_dev(dir: &Path, extra_names: &[String]) -> Result<DevCerts, Cert
     device.subject_alt_names = vec![SanType::URI("urn:dermgate:device:dev-laptop-1".try_into()?)];
     device.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     device.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    valid_for(&mut device, LEAF_DAYS);
     let device_key = KeyPair::generate()?;
     let device_cert = device.signed_by(&device_key, &device_ca)?;
 
@@ -147,5 +173,35 @@ mod tests {
         crate::tls::load_roots(&c.ca_cert).unwrap();
         crate::tls::load_roots(&c.device_ca_cert).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// The subject and expiry (`notAfter`) of every certificate in a PEM bundle;
+/// blocks that do not parse are skipped.
+pub fn expiries(pem: &[u8]) -> Vec<(String, jiff::Timestamp)> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .flatten()
+        .filter_map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            let at = jiff::Timestamp::from_second(cert.validity().not_after.timestamp()).ok()?;
+            Some((cert.subject().to_string(), at))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod expiry_tests {
+    #[test]
+    fn reads_not_after_of_each_certificate() {
+        let dir = std::env::temp_dir().join(format!("dermgate-expiry-{}", std::process::id()));
+        let dev = super::generate_dev(&dir, &[]).unwrap();
+        let pem = std::fs::read(&dev.server_cert).unwrap();
+        let e = super::expiries(&pem);
+        assert_eq!(e.len(), 2, "leaf and CA");
+        assert!(e.iter().all(|(_, t)| *t > jiff::Timestamp::now()));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -41,6 +41,10 @@ pub struct Config {
     /// `[oidc]`, `[session]`, `[store]`: who is asking. Without it, only
     /// anonymous requests exist (public routes, and policy rules that need no identity).
     pub identity: Option<IdentityConfig>,
+    /// `[alerts]` (defaults when absent).
+    pub alerts: AlertsConfig,
+    /// `[keys] dir`, when configured.
+    pub keys_dir: Option<PathBuf>,
 }
 
 /// `[oidc]` + `[session]` + `[store]` + `[keys] dir`.
@@ -118,6 +122,59 @@ pub struct AuditConfig {
     pub retain: Duration,
     /// `[keys] dir`: the checkpoint signing key lives here (created 0700 on first start).
     pub keys_dir: PathBuf,
+    /// `stdout = true`: every record is also printed to standard output as a
+    /// JSON line (journald under systemd, a log collector in Kubernetes).
+    pub stdout: bool,
+    /// `syslog = "tls://host:port"`: records also go to a syslog server over TLS (RFC 5425).
+    pub syslog: Option<SyslogConfig>,
+}
+
+/// `[audit] syslog` and `syslog_ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogConfig {
+    /// Host name (checked against the server certificate).
+    pub host: String,
+    /// TCP port (6514 by default).
+    pub port: u16,
+    /// A private CA for the syslog server (else the system roots).
+    pub ca: Option<PathBuf>,
+}
+
+/// `[alerts]`: thresholds and the webhook. Alerts are raised (audit record,
+/// Prometheus counter, log line) even without this section; the webhook only with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// One user's image downloads (integrity routes) within `export_window` above this raise an alert.
+    pub export_bytes: u64,
+    /// The export window.
+    pub export_window: Duration,
+    /// Failed step-up codes for one user or one source within `mfa_window` that raise an alert.
+    pub mfa_failures: u64,
+    /// The MFA failure window.
+    pub mfa_window: Duration,
+    /// A certificate (server or upstream CA) expiring within this raises an alert.
+    pub cert_warning: Duration,
+    /// `webhook`: alerts are POSTed here as JSON over TLS (retried, never blocking a request).
+    pub webhook: Option<http::Uri>,
+    /// A private CA for the webhook receiver.
+    pub webhook_ca: Option<PathBuf>,
+    /// The HMAC-SHA256 key of the `X-Dermgate-Signature` header (default `<keys dir>/alerts-webhook.key`, created on first start).
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            export_bytes: 5 << 30,
+            export_window: Duration::from_secs(3600),
+            mfa_failures: 5,
+            mfa_window: Duration::from_secs(900),
+            cert_warning: Duration::from_secs(30 * 86_400),
+            webhook: None,
+            webhook_ca: None,
+            webhook_secret_file: None,
+        }
+    }
 }
 
 /// `[policy]`.
@@ -303,9 +360,19 @@ pub enum ConfigError {
 // The document's sections: (section, keys built now, keys of DESIGN.md not built yet).
 const TOP: &[&str] = &[
     "listen", "tls", "route", "log", "limits", "policy", "audit", "keys", "oidc", "session",
-    "store",
+    "store", "alerts",
 ];
-const TOP_NOT_YET: &[&str] = &["alerts"];
+const TOP_NOT_YET: &[&str] = &[];
+const ALERTS: &[&str] = &[
+    "export_bytes",
+    "export_window",
+    "mfa_failures",
+    "mfa_window",
+    "cert_warning",
+    "webhook",
+    "webhook_ca",
+    "webhook_secret_file",
+];
 const OIDC: &[&str] = &[
     "issuer",
     "client_id",
@@ -319,8 +386,7 @@ const OIDC: &[&str] = &[
 const SESSION: &[&str] = &["auth_host", "idle", "absolute", "keys_file"];
 const STORE: &[&str] = &["kind", "path", "url", "ca"];
 const DEFAULT_MFA_AMR: &[&str] = &["otp", "mfa", "hwk", "swk", "fpt", "face"];
-const AUDIT: &[&str] = &["file", "sync", "retain"];
-const AUDIT_NOT_YET: &[&str] = &["syslog"];
+const AUDIT: &[&str] = &["file", "sync", "retain", "stdout", "syslog", "syslog_ca"];
 const KEYS: &[&str] = &["dir"];
 const POLICY: &[&str] = &["file", "tests", "break_glass_for"];
 const LISTEN: &[&str] = &[
@@ -360,8 +426,7 @@ const TIMEOUTS: &[&str] = &["connect", "header", "idle"];
 const LOG: &[&str] = &["level", "format"];
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
 // Keys of the not-yet sections, so a typo inside them is still caught.
-const NOT_YET_SECTIONS: &[(&str, &[&str])] =
-    &[("alerts", &["export_bytes", "export_window", "webhook"])];
+const NOT_YET_SECTIONS: &[(&str, &[&str])] = &[];
 
 impl Config {
     /// Reads and validates `path`.
@@ -553,6 +618,13 @@ impl Validator<'_> {
                 .table(v, "audit")
                 .map(|t| self.audit(t, v.span(), keys_dir.clone())),
         };
+        let alerts = match doc.get("alerts") {
+            None => Some(AlertsConfig::default()),
+            Some(v) => self
+                .r
+                .table(v, "alerts")
+                .and_then(|t| self.alerts(t, v.span(), keys_dir.as_deref())),
+        };
         let identity = match doc.get("oidc") {
             None => {
                 for section in ["session", "store"] {
@@ -590,6 +662,8 @@ impl Validator<'_> {
             policy: policy?,
             audit: audit?,
             identity: identity?,
+            alerts: alerts?,
+            keys_dir,
         })
     }
 
@@ -882,7 +956,7 @@ impl Validator<'_> {
         at: Range<usize>,
         keys_dir: Option<PathBuf>,
     ) -> Option<AuditConfig> {
-        self.r.check_keys(t, "[audit]", AUDIT, AUDIT_NOT_YET);
+        self.r.check_keys(t, "[audit]", AUDIT, &[]);
         let file = self
             .r
             .required(
@@ -922,12 +996,134 @@ impl Validator<'_> {
                 "[audit] needs [keys] dir: the directory where the checkpoint signing key is kept",
             );
         }
+        let stdout = match t.get("stdout") {
+            None => Some(false),
+            Some(v) => self.r.bool(v, "stdout"),
+        };
+        let syslog_ca = match t.get("syslog_ca") {
+            None => Some(None),
+            Some(v) => self.existing_file(v, "syslog_ca").map(Some),
+        };
+        let syslog = match t.get("syslog") {
+            None => Some(None),
+            Some(v) => self.syslog_url(v).map(Some),
+        };
+        let syslog = match (syslog?, syslog_ca?) {
+            (Some((host, port)), ca) => Some(SyslogConfig { host, port, ca }),
+            (None, Some(_)) => {
+                if let Some(v) = t.get("syslog_ca") {
+                    self.r
+                        .error(v.span(), "`syslog_ca` is set but `syslog` is not");
+                }
+                return None;
+            }
+            (None, None) => None,
+        };
         Some(AuditConfig {
             file: file?,
             sync: sync?,
             retain: retain?,
             keys_dir: keys_dir?,
+            stdout: stdout?,
+            syslog,
         })
+    }
+
+    fn syslog_url(&mut self, v: &Value<'_>) -> Option<(String, u16)> {
+        let s = self.r.str(
+            v,
+            "syslog",
+            "\"tls://host:port\" (RFC 5425 syslog over TLS)",
+        )?;
+        let parsed = s.strip_prefix("tls://").and_then(|rest| {
+            let u = format!("https://{rest}").parse::<Uri>().ok()?;
+            let ok = u.host().is_some() && matches!(u.path(), "" | "/") && u.query().is_none();
+            ok.then(|| {
+                (
+                    u.host()
+                        .unwrap_or_default()
+                        .trim_matches(['[', ']'])
+                        .to_string(),
+                    u.port_u16().unwrap_or(6514),
+                )
+            })
+        });
+        if parsed.is_none() {
+            self.r.error(
+                v.span(),
+                format!("`syslog`: expected \"tls://host:port\" (RFC 5425 syslog over TLS; plaintext syslog is not offered), found \"{s}\""),
+            );
+        }
+        parsed
+    }
+
+    fn alerts(
+        &mut self,
+        t: &DeTable<'_>,
+        at: Range<usize>,
+        keys_dir: Option<&Path>,
+    ) -> Option<AlertsConfig> {
+        self.r.check_keys(t, "[alerts]", ALERTS, &[]);
+        let mut a = AlertsConfig::default();
+        let mut ok = true;
+        if let Some(v) = t.get("export_bytes") {
+            match self.r.size(v, "export_bytes") {
+                Some(n) => a.export_bytes = n,
+                None => ok = false,
+            }
+        }
+        for (key, slot) in [
+            ("export_window", &mut a.export_window),
+            ("mfa_window", &mut a.mfa_window),
+            ("cert_warning", &mut a.cert_warning),
+        ] {
+            if let Some(v) = t.get(key) {
+                match self.r.duration(v, key) {
+                    Some(d) if !d.is_zero() => *slot = d,
+                    Some(_) => {
+                        self.r
+                            .error(v.span(), format!("`{key}` must be longer than 0s"));
+                        ok = false;
+                    }
+                    None => ok = false,
+                }
+            }
+        }
+        if let Some(v) = t.get("mfa_failures") {
+            match self.r.uint(v, "mfa_failures") {
+                Some(n) if n > 0 => a.mfa_failures = n,
+                Some(_) => {
+                    self.r.error(v.span(), "`mfa_failures` must be at least 1");
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(v) = t.get("webhook") {
+            match self.https_url(v, "webhook") {
+                Some(u) => a.webhook = Some(u),
+                None => ok = false,
+            }
+        }
+        for (key, slot) in [
+            ("webhook_ca", &mut a.webhook_ca),
+            ("webhook_secret_file", &mut a.webhook_secret_file),
+        ] {
+            if let Some(v) = t.get(key) {
+                match self.existing_file(v, key) {
+                    Some(p) => *slot = Some(p),
+                    None => ok = false,
+                }
+            }
+        }
+        if a.webhook.is_some() && a.webhook_secret_file.is_none() && keys_dir.is_none() {
+            self.r.error(
+                at,
+                "[alerts] webhook needs `webhook_secret_file` or [keys] dir (where its signing key is created)",
+            );
+            ok = false;
+        }
+        ok.then_some(a)
     }
 
     fn limits(&mut self, t: &DeTable<'_>) -> Limits {

@@ -448,9 +448,13 @@ impl std::fmt::Debug for UpstreamPool {
 /// Why forwarding failed. Each maps to a clean page.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// No connection could be made (refused, TLS verification failed, …).
+    /// No connection could be made (refused, unreachable, …).
     #[error("upstream connection failed: {0}")]
     Connect(String),
+    /// The TLS handshake with the upstream failed (certificate not verified,
+    /// no TLS 1.3, plaintext where TLS was expected): an encryption failure.
+    #[error("upstream TLS failed: {0}")]
+    Tls(String),
     /// The upstream did not send a response head in time.
     #[error("upstream response timed out")]
     Timeout,
@@ -572,8 +576,8 @@ impl UpstreamPool {
 
     /// Sends the request (already carrying the proxy's headers) to a healthy
     /// endpoint. A request that is idempotent and has no body is retried on
-    /// another endpoint when the first could not be reached: no byte of it
-    /// was delivered, so nothing can happen twice.
+    /// another endpoint when the first could not be reached, or dropped the
+    /// connection before answering: such a request may be repeated safely.
     pub async fn send(
         &self,
         req: Request<Inbound>,
@@ -615,13 +619,22 @@ impl UpstreamPool {
                 .build()
                 .map_err(|e| ForwardError::Protocol(e.to_string()))?;
             match self.request(req, body_sent).await {
-                Err(ForwardError::Connect(e)) => {
+                Err(e @ (ForwardError::Connect(_) | ForwardError::Tls(_))) => {
                     self.mark_failed(i);
                     if retryable && tried.len() < self.endpoints.len() {
                         tracing::info!(error = %e, "retrying an idempotent request on another upstream");
                         continue;
                     }
-                    return Err(ForwardError::Connect(e));
+                    return Err(e);
+                }
+                // A pooled connection the upstream had just closed (it died or
+                // restarted): an idempotent request may be sent again (RFC 9110
+                // 9.2.2), on another endpoint.
+                Err(ForwardError::Protocol(e))
+                    if retryable && tried.len() < self.endpoints.len() =>
+                {
+                    tracing::info!(error = %e, "retrying an idempotent request on another upstream");
+                    continue;
                 }
                 other => {
                     return other.map(|resp| {
@@ -658,6 +671,7 @@ impl UpstreamPool {
             () = deadline => Err(ForwardError::Timeout),
             result = self.client.request(req) => match result {
                 Ok(resp) => Ok(resp),
+                Err(e) if e.is_connect() && is_tls_failure(&e) => Err(ForwardError::Tls(error_chain(&e))),
                 Err(e) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
                 Err(e) if find_source::<BodyTooLarge>(&e) => Err(ForwardError::TooLarge),
                 Err(e) if find_source::<DigestMismatch>(&e) => Err(ForwardError::DigestMismatch),
@@ -734,7 +748,28 @@ fn find_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'sta
     false
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// True when a TLS error (rustls) is somewhere in `e`'s chain, including
+/// inside an `io::Error` (whose `source()` skips the error it wraps).
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>() || is_tls_failure(inner))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// An error and its sources, joined for a log line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

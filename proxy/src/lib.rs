@@ -15,6 +15,7 @@
 //! ```
 
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod audit_verify;
 pub mod break_glass;
@@ -35,5 +36,6 @@ pub mod proxy_protocol;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod syslog;
 pub mod tls;
 pub mod websocket;

@@ -86,6 +86,7 @@ pub const REASONS: &[&str] = &[
 pub const TLS_REASONS: &[&str] = &[
     "protocol_version",
     "no_application_protocol",
+    "plaintext",
     "timeout",
     "peer_misbehaved",
     "other",

@@ -146,6 +146,8 @@ pub struct Shared {
     pub audit: Option<crate::audit::Audit>,
     /// Sessions, bearer tokens and the sign-in endpoints, when `[oidc]` is configured.
     pub identity: Option<Arc<crate::identity::IdentityService>>,
+    /// Alerts (audit record, counter, webhook).
+    pub alerts: Arc<crate::alerts::Alerts>,
     started: Instant,
     next_id: AtomicU64,
     id_salt: u64,
@@ -193,10 +195,25 @@ impl Shared {
         let audit = match &cfg.audit {
             Some(a) => {
                 let key = crate::audit::load_or_create_key(&a.keys_dir)?;
-                Some(crate::audit::Audit::start(&a.file, a.sync, key)?)
+                let syslog = match &a.syslog {
+                    Some(s) => Some(
+                        crate::syslog::Syslog::start(s)
+                            .map_err(|e| StartError::Syslog(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let outputs = crate::audit::Outputs {
+                    stdout: a.stdout,
+                    syslog,
+                };
+                Some(crate::audit::Audit::start_with(
+                    &a.file, a.sync, key, outputs,
+                )?)
             }
             None => None,
         };
+        let alerts =
+            crate::alerts::Alerts::start(&cfg.alerts, cfg.keys_dir.as_deref(), audit.clone())?;
         let metrics = Arc::new(Metrics::default());
         let snapshot = Snapshot::compile(cfg, &metrics)?;
         let id_salt = std::time::SystemTime::now()
@@ -226,6 +243,7 @@ impl Shared {
             elevations: Default::default(),
             audit,
             identity,
+            alerts,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             id_salt,
@@ -245,6 +263,12 @@ pub enum StartError {
     /// The audit trail could not be opened.
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    /// The syslog forwarder could not be set up.
+    #[error("audit syslog: {0}")]
+    Syslog(String),
+    /// The alert webhook could not be set up.
+    #[error("{0}")]
+    Alerts(#[from] crate::alerts::AlertsError),
 }
 
 pub use crate::identity::Identity;
@@ -431,6 +455,11 @@ async fn decide_and_forward(
             let protected = ctx.route.as_ref().is_some_and(|r| !r.cfg.public);
             if !recorded && protected {
                 shared.metrics.refused(AUDIT_UNAVAILABLE.reason);
+                shared.alerts.raise(crate::alerts::Alert {
+                    kind: "audit_unwritable",
+                    detail: "the audit trail cannot be written: protected routes answer 503 until it can".into(),
+                    ..Default::default()
+                });
                 AUDIT_UNAVAILABLE.page(ctx.html)
             } else {
                 forward(shared, &ctx, req).await
@@ -1020,10 +1049,22 @@ async fn forward(
             if let Some(flag) = cut {
                 body.cut_when(flag);
             }
+            // Image downloads count towards the user's export volume.
+            let export = match (route.cfg.integrity, ctx.identity.subject()) {
+                (true, Some(sub)) => Some((
+                    shared.alerts.clone(),
+                    sub.to_string(),
+                    route.cfg.name.clone(),
+                )),
+                _ => None,
+            };
             if let Some(audit) = shared.audit.clone() {
                 let mut rec = complete_record(ctx, parts.status.as_u16());
                 let start = ctx.start;
                 body.on_complete(Box::new(move |bytes_out, response_sha| {
+                    if let Some((alerts, sub, route)) = &export {
+                        alerts.exported(sub, route, bytes_out);
+                    }
                     let bytes_in = bytes_in.map(|b| b.load(Ordering::Relaxed));
                     rec.bytes_in = bytes_in;
                     rec.bytes_out = Some(bytes_out);
@@ -1034,6 +1075,10 @@ async fn forward(
                         _ => response_sha,
                     };
                     audit.record(rec);
+                }));
+            } else if let Some((alerts, sub, route)) = export {
+                body.on_complete(Box::new(move |bytes_out, _| {
+                    alerts.exported(&sub, &route, bytes_out);
                 }));
             }
             forward::clean_response_headers(&mut parts.headers);
@@ -1083,6 +1128,22 @@ async fn forward(
                     ),
                     reason: "no_healthy_upstream",
                 },
+                ForwardError::Tls(ref detail) => {
+                    shared.alerts.raise(crate::alerts::Alert {
+                        kind: "upstream_tls",
+                        route: Some(route.cfg.name.clone()),
+                        detail: format!("TLS to the upstream failed: {detail}"),
+                        ..Default::default()
+                    });
+                    Refused {
+                        status: StatusCode::BAD_GATEWAY,
+                        title: "The service is unavailable",
+                        detail: Cow::Borrowed(
+                            "The site behind this gateway could not be reached securely. Try again in a moment; if it persists, contact your administrator.",
+                        ),
+                        reason: "upstream_tls",
+                    }
+                }
                 ForwardError::Connect(_) | ForwardError::Protocol(_) => Refused {
                     status: StatusCode::BAD_GATEWAY,
                     title: "The service is unavailable",

@@ -48,6 +48,9 @@ pub enum ServeError {
     /// Keys, the session store or the IdP client could not be set up.
     #[error("identity: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// Alerts or audit forwarding could not be set up.
+    #[error("{0}")]
+    Setup(String),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -114,6 +117,8 @@ impl Proxy {
                 pipeline::StartError::Tls(e) => ServeError::Tls(e),
                 pipeline::StartError::Policy(e) => ServeError::Policy(e),
                 pipeline::StartError::Audit(e) => ServeError::Audit(e),
+                pipeline::StartError::Syslog(e) => ServeError::Setup(format!("audit syslog: {e}")),
+                pipeline::StartError::Alerts(e) => ServeError::Setup(e.to_string()),
             })?,
         );
         Ok(Self {
@@ -163,6 +168,7 @@ impl Proxy {
             tasks.spawn(crate::h3::serve(ep, self.shared.clone()));
         }
         tasks.spawn(watch_certs(self.cfg.clone(), self.resolver.clone()));
+        tasks.spawn(watch_expiry(self.cfg.clone(), self.shared.clone()));
         tasks.spawn(crate::health::run(self.shared.clone()));
         tasks.spawn(crate::policy::watch(self.shared.clone()));
         tokio::pin!(shutdown);
@@ -254,11 +260,26 @@ fn tls_failure_reason(e: &std::io::Error) -> &'static str {
             | PeerIncompatible::Tls13RequiredForQuic,
         )) => "protocol_version",
         Some(Error::NoApplicationProtocol) => "no_application_protocol",
+        // The first byte is no TLS record type: plaintext (HTTP) on the TLS port.
+        Some(Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => "plaintext",
         Some(
             Error::PeerMisbehaved(PeerMisbehaved::IllegalMiddleboxChangeCipherSpec)
             | Error::PeerMisbehaved(_),
         ) => "peer_misbehaved",
         _ => "other",
+    }
+}
+
+/// Checks the server certificates and upstream CAs for expiry at start and
+/// every 12 hours; one near expiry raises a `cert_expiry` alert.
+async fn watch_expiry(cfg: Arc<Config>, shared: Arc<Shared>) {
+    let mut files = CertStore::files(&cfg.tls);
+    files.extend(cfg.routes.iter().filter_map(|r| r.upstream_ca.clone()));
+    files.sort();
+    files.dedup();
+    loop {
+        shared.alerts.check_certificates(&files);
+        tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
     }
 }
 
@@ -277,6 +298,23 @@ async fn connection(
         Ok(Err(e)) => {
             let reason = tls_failure_reason(&e);
             shared.metrics.tls_failure(reason);
+            let kind = match reason {
+                "plaintext" => Some("plaintext_refused"),
+                "protocol_version" => Some("old_tls_refused"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                shared.alerts.raise(crate::alerts::Alert {
+                    kind,
+                    src: Some(client.ip().to_string()),
+                    detail: if kind == "plaintext_refused" {
+                        "a client spoke plaintext to the TLS port; refused".into()
+                    } else {
+                        "a client offered only TLS 1.2 or older; refused (TLS 1.3 only)".into()
+                    },
+                    ..Default::default()
+                });
+            }
             tracing::debug!(src = %client.ip(), reason, error = %e, "TLS handshake failed");
             return;
         }

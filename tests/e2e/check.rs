@@ -46,11 +46,18 @@ fn broken_configs_report_every_error_with_position() {
             vec![":13:2:", "did you mean `listen`"],
         ),
         (
-            "not yet supported section",
+            "plaintext alert webhook",
             fill(&format!(
-                "{HEAD}{ROUTE}[alerts]\nwebhook = \"https://alerts\"\n"
+                "{HEAD}{ROUTE}[alerts]\nwebhook = \"http://alerts\"\n"
             )),
-            vec![":13:2:", "not supported yet"],
+            vec![":14:11:", "https URL"],
+        ),
+        (
+            "plaintext syslog",
+            fill(&format!(
+                "{HEAD}{ROUTE}[keys]\ndir = \"k\"\n[audit]\nfile = \"a.jsonl\"\nsyslog = \"udp://logs:514\"\n"
+            )),
+            vec![":17:10:", "tls://host:port"],
         ),
         (
             "bad listen address",

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::common::*;
 
 /// The UDP (h3) address the proxy printed.
-fn quic_addr(proxy: &Proxy) -> SocketAddr {
+pub(crate) fn quic_addr(proxy: &Proxy) -> SocketAddr {
     for _ in 0..100 {
         if let Some(line) = proxy.log().lines().find(|l| l.ends_with("(udp, h3)")) {
             let a = line
@@ -30,13 +30,13 @@ fn quic_addr(proxy: &Proxy) -> SocketAddr {
 }
 
 /// A real HTTP/3 client (quinn + h3).
-struct H3Client {
+pub(crate) struct H3Client {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     _endpoint: quinn::Endpoint,
 }
 
 impl H3Client {
-    async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
+    pub(crate) async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
         let mut tls = (*client_config(ca, &[b"h3"])).clone();
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
@@ -56,7 +56,11 @@ impl H3Client {
     }
 
     /// Sends a request with an optional body of `upload` pattern bytes; returns status, headers, body.
-    async fn request(&mut self, req: Request<()>, upload: u64) -> (u16, http::HeaderMap, Vec<u8>) {
+    pub(crate) async fn request(
+        &mut self,
+        req: Request<()>,
+        upload: u64,
+    ) -> (u16, http::HeaderMap, Vec<u8>) {
         let mut stream = self.send.send_request(req).await.unwrap();
         let chunk = Bytes::from(pattern(0, 251 * 261));
         let mut sent = 0u64;

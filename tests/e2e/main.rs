@@ -4,12 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod alerts;
 mod audit;
 mod canonical;
 mod check;
 mod common;
 mod dataplane;
 mod demo;
+mod evidence;
 mod forwarding;
 mod identity;
 mod operations;

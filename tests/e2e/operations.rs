@@ -42,7 +42,7 @@ fn with_limits(config: &str, lines: &str) -> String {
 }
 
 /// The address on the proxy's `PREFIX ADDR` stderr line (waits for it).
-async fn logged_addr(proxy: &Proxy, prefix: &str) -> SocketAddr {
+pub async fn logged_addr(proxy: &Proxy, prefix: &str) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found = proxy
@@ -64,7 +64,7 @@ async fn logged_addr(proxy: &Proxy, prefix: &str) -> SocketAddr {
 }
 
 /// One plain-HTTP/1.1 GET (`Connection: close`): (status, head, body).
-async fn plain_get(
+pub async fn plain_get(
     addr: SocketAddr,
     target: &str,
     headers: &[(&str, &str)],

@@ -770,6 +770,7 @@ async fn mfa(
                 Some(why.into()),
                 false,
             );
+            shared.alerts.mfa_failed(&sub, &conn.client.to_string());
             page(
                 StatusCode::UNAUTHORIZED,
                 Some(if verdict == Verdict::Replayed {

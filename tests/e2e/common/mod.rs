@@ -128,6 +128,8 @@ pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// What the proxy printed on standard output (`[audit] stdout = true`).
+    pub stdout: Arc<Mutex<String>>,
     pub dir: TempDir,
 }
 
@@ -144,11 +146,22 @@ impl Proxy {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&path)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stdout2 = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let mut l = stdout2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
@@ -179,6 +192,7 @@ impl Proxy {
             child,
             addr,
             log,
+            stdout,
             dir,
         }
     }
