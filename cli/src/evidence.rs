@@ -1008,7 +1008,7 @@ impl Evidence {
             (Some(t), Some(d)) => measure(
                 "Oldest record held",
                 format!(
-                    "{} UTC ({} old); retention policy {retain}, never deleted by dermgate",
+                    "{} UTC ({} old); retention {retain}, dermgate never deletes",
                     t.parse::<Timestamp>()
                         .map(human_time)
                         .unwrap_or_else(|_| t.clone()),
@@ -1517,7 +1517,7 @@ h1 { margin: .6mm 0 0; font-size: 15pt; line-height: 1.15; color: #0b2f3a; }
 .overall { flex: none; margin-top: 1mm; padding: 1.6mm 4.5mm; border-radius: 1.6mm; font-weight: 800; font-size: 12pt; letter-spacing: .08em; }
 .overall.pass { background: #1f7a3d; color: #fff; }
 .overall.fail { background: #b3261e; color: #fff; }
-.meta { display: grid; grid-template-columns: 1fr 1fr; gap: .6mm 6mm; margin: 2.2mm 0 0; font-size: 7.8pt; }
+.meta { display: grid; grid-template-columns: 1.2fr 1fr; gap: .6mm 6mm; margin: 2.2mm 0 0; font-size: 7.8pt; }
 .meta div { display: flex; gap: 2mm; min-width: 0; }
 .meta dt { flex: none; width: 19mm; color: #5b6774; }
 .meta dd { margin: 0; min-width: 0; overflow-wrap: anywhere; }
@@ -1554,7 +1554,9 @@ code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 7
 footer { margin-top: 3mm; padding-top: 1.6mm; border-top: 1px solid #d6dee6; color: #5b6774; font-size: 6.8pt; }
 footer p { margin: 0 0 .8mm; }
 @media print {
-  body { background: #fff; font-size: 8.3pt; }
+  body { background: #fff; font-size: 8.2pt; }
+  section { margin-top: 2mm; }
+  th, td { padding: .6mm 2.4mm; }
   .sheet { width: auto; min-height: 0; margin: 0; padding: 0; box-shadow: none; zoom: 1; }
 }
 "#;

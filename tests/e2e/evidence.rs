@@ -628,6 +628,45 @@ async fn evidence_report_and_tail_count_the_traffic_sent() {
     }
     assert!(page.contains("not measured — device posture is not configured"));
     drop(proxy);
+
+    // ---- a torn last line is reported, an edited record fails the evidence ----
+    let html_copy = std::fs::read_to_string(&html).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&trail)
+            .unwrap();
+        f.write_all(b"{\"ts\":\"2026-03-02T09:00").unwrap();
+    }
+    let (code, out, err) = dermgate(&["evidence", "--json", "--config", &cfg]);
+    assert_eq!(code, 0, "a crash's torn line is not a failure: {out}{err}");
+    let ev: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ev["requests"]["total"], sent.requests + 2);
+    assert_eq!(ev["audit"]["skipped"].as_array().unwrap().len(), 1);
+    assert!(err.contains("incomplete last line"), "{err}");
+    let (code, out, err) = dermgate(&["audit", "tail", "--config", &cfg, "-n", "1"]);
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("skipped") && out.lines().count() == 3,
+        "{out}{err}"
+    );
+    let edited = std::fs::read_to_string(&trail)
+        .unwrap()
+        .replacen("/chart/2", "/chart/9", 1);
+    std::fs::write(&trail, edited).unwrap();
+    let (code, out, _) = dermgate(&["evidence", "--config", &cfg]);
+    assert_eq!(code, 1, "an edited record fails the evidence: {out}");
+    assert!(
+        out.contains("NOT INTACT") && out.contains("result: FAIL"),
+        "{out}"
+    );
+    let (code, out, _) = dermgate(&["evidence", "--json", "--config", &cfg]);
+    assert_eq!(code, 1);
+    let ev: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ev["status"], "fail");
+    assert_eq!(ev["audit"]["chain"]["intact"], false);
+    std::fs::write(&html, html_copy).unwrap();
     let chromium = Path::new("/usr/bin/chromium");
     if !chromium.exists() {
         eprintln!("note: /usr/bin/chromium is absent; the evidence page was not rendered");

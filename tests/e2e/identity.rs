@@ -13,9 +13,17 @@ pub const POLICY: &str = r#"
 [[rule]]
 name = "clinicians-ehr"
 effect = "allow"
-routes = ["ehr", "api"]
+routes = ["ehr", "api", "img"]
 groups = ["clinicians"]
 mfa_max_age = "12h"
+
+[[rule]]
+name = "emergency-vault"
+effect = "allow"
+routes = ["vault"]
+groups = ["clinicians"]
+mfa_max_age = "12h"
+break_glass = true
 "#;
 
 /// Everything one identity test needs, torn down on drop.
@@ -169,6 +177,11 @@ file = "{policy}"
 file = "{audit}"
 sync = "always"
 
+[alerts]
+export_bytes = "1MiB"
+export_window = "1h"
+mfa_failures = 3
+
 [[route]]
 name = "ehr"
 host = "ehr.test"
@@ -184,6 +197,21 @@ path = "/api"
 upstreams = ["https://{up}"]
 upstream_ca = "{{ca}}"
 
+[[route]]
+name = "vault"
+host = "ehr.test"
+path = "/vault"
+upstreams = ["https://{up}"]
+upstream_ca = "{{ca}}"
+
+[[route]]
+name = "img"
+host = "ehr.test"
+path = "/big"
+upstreams = ["https://{up}"]
+upstream_ca = "{{ca}}"
+integrity = true
+
 {identity}
 "#,
         token = token.display(),
@@ -195,6 +223,50 @@ upstream_ca = "{{ca}}"
     let proxy = Proxy::start(certs, &cfg);
     let config = proxy.dir.path().join("dermgate.toml");
     (proxy, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_by_a_signed_in_clinician_opens_the_route_and_raises_an_alert() {
+    let s = Stack::start("").await;
+    let mut b = s.browser();
+    let page = s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart/1").await;
+    assert_eq!(page.status, 200, "{}: {}", page.url, page.body);
+    // Without an elevation the emergency route is denied, with the way to break the glass.
+    let denied = b.get(&s.url("ehr.test", "/vault/1")).await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.body.contains("break-glass"), "{}", denied.body);
+    let why = "patient unconscious in clinic, need allergy history";
+    let r = b
+        .request(
+            reqwest::Method::POST,
+            &s.url("ehr.test", "/.dermgate/break-glass"),
+            Some(&[
+                ("route", "vault"),
+                ("justification", why),
+                ("rd", "/vault/1"),
+            ]),
+            Some(&s.url("ehr.test", "")),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let open = b.get(&s.url("ehr.test", "/vault/1")).await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    // The elevation is an alert in the trail: who, which route, and why.
+    let trail = s.dir.path().join("audit/audit.jsonl");
+    let audit = std::fs::read_to_string(trail).unwrap();
+    let rec: serde_json::Value = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "break_glass")
+        .unwrap_or_else(|| panic!("no break_glass record:\n{audit}"));
+    assert_eq!(rec["alert"], true);
+    assert_eq!(rec["sub"], "mfa-doc");
+    assert_eq!(rec["route"], "vault");
+    assert_eq!(rec["reason"], why);
+    assert!(
+        audit.contains("\"event\":\"break_glass_use\""),
+        "each use is recorded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,6 +557,15 @@ async fn totp_step_up_enrolls_then_refuses_replay_and_locks_brute_force() {
     let audit = std::fs::read_to_string(s.dir.path().join("audit/audit.jsonl")).unwrap();
     assert!(
         audit.contains("\"mfa_lockout\"") && audit.contains("\"alert\":true"),
+        "{audit}"
+    );
+    // Repeated step-up failures raise the mfa_failures alert (threshold 3 here).
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"event\":\"mfa_failures\"")
+                && l.contains("\"sub\":\"nomfa-doc\"")
+                && l.contains("\"alert\":true")),
         "{audit}"
     );
     assert!(!audit.contains(&code) && !audit.contains(&secret));
@@ -802,6 +883,43 @@ async fn bearer_tokens_are_verified_and_attacks_refused() {
     }
     let seen = s.up.seen();
     assert!(seen.last().unwrap().header("x-dermgate-assertion").len() == 1);
+
+    // Image export volume: two 700 KiB downloads on the integrity route pass
+    // the 1 MiB threshold of this test: one export_volume alert for that user.
+    let t = s.idp.mint(&idp, "RS256", good.clone()).await;
+    for _ in 0..2 {
+        let r = api
+            .get(s.url("ehr.test", "/big/download?bytes=716800"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), 716_800);
+    }
+    let trail = s.dir.path().join("audit/audit.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = std::fs::read_to_string(&trail).unwrap();
+        let alerts: Vec<&str> = audit
+            .lines()
+            .filter(|l| l.contains("\"event\":\"export_volume\""))
+            .collect();
+        if !alerts.is_empty() {
+            assert_eq!(alerts.len(), 1, "{alerts:?}");
+            assert!(
+                alerts[0].contains("\"sub\":\"svc-billing\"")
+                    && alerts[0].contains("\"alert\":true")
+            );
+            assert!(!audit.contains(&t), "no token in the trail");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no export_volume alert:\n{audit}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let mut attacks: Vec<(&str, String)> = Vec::new();
     // alg none.
