@@ -217,7 +217,9 @@ async fn evidence_report_and_tail_count_the_traffic_sent() {
     let up = Upstream::start(&certs).await;
     let dir = TempDir::new("evidence");
     let proxy = Proxy::start(&certs, &config(dir.path(), up.addr));
-    let cfg_path = proxy.dir.path().join("dermgate.toml");
+    // The proxy's own copy goes with it; the commands read one that stays.
+    let cfg_path = dir.path().join("dermgate.toml");
+    std::fs::copy(proxy.dir.path().join("dermgate.toml"), &cfg_path).unwrap();
     let cfg = cfg_path.display().to_string();
     let trail = dir.path().join("audit/audit.jsonl");
     let mut sent = Sent::default();

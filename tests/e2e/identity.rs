@@ -176,6 +176,7 @@ file = "{policy}"
 [audit]
 file = "{audit}"
 sync = "always"
+stdout = true
 
 [alerts]
 export_bytes = "1MiB"
@@ -1290,9 +1291,41 @@ async fn key_rotation_keeps_sessions_cli_totp_and_no_secret_is_logged() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // No secret in the proxy's log or the audit trail.
-    let log = s.proxy.log();
+    // A step-up through the browser: enrollment secret and code.
+    let mut b3 = s.browser();
+    let p = s
+        .login(&mut b3, "nomfa-doc", "nomfa-doc-pass", "/chart/9")
+        .await;
+    assert!(p.url.contains("/.dermgate/mfa"), "{}", p.url);
+    let stepup_secret = element_text(&p.body, "totp-secret").unwrap();
+    let stepup_code = totp_now(&stepup_secret, 0);
+    let ok = b3
+        .request(
+            reqwest::Method::POST,
+            &s.url("gate.test", "/.dermgate/mfa"),
+            Some(&[
+                ("code", &stepup_code),
+                ("rd", &s.url("ehr.test", "/chart/9")),
+            ]),
+            Some(&s.url("gate.test", "")),
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let stepped = b3.cookie("gate.test", "__Host-dermgate").unwrap();
+    assert_eq!(b3.follow(&ok.location().unwrap()).await.status, 200);
+
+    // No secret in the proxy's log, its stdout copy of the trail, or the trail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = s.proxy.log() + &s.proxy.stdout.lock().unwrap();
     let audit = std::fs::read_to_string(s.dir.path().join("audit/audit.jsonl")).unwrap();
+    assert!(
+        s.proxy
+            .stdout
+            .lock()
+            .unwrap()
+            .contains("\"kind\":\"decision\""),
+        "the trail is copied to stdout"
+    );
     let sig = |t: &str| t.rsplit('.').next().unwrap().to_string();
     for (what, secret) in [
         ("session cookie", sig(&before)),
@@ -1303,6 +1336,11 @@ async fn key_rotation_keeps_sessions_cli_totp_and_no_secret_is_logged() {
         ("TOTP secret", secret.clone()),
         ("TOTP code", format!("\"{totp}\"")),
         ("query string", "secret-query".to_string()),
+        ("password", "nomfa-doc-pass".to_string()),
+        ("step-up TOTP secret", stepup_secret.clone()),
+        ("step-up TOTP code", format!("\"{stepup_code}\"")),
+        ("step-up TOTP code", format!("code={stepup_code}")),
+        ("session cookie after step-up", sig(&stepped)),
     ] {
         assert!(!log.contains(&secret), "{what} in the log");
         assert!(!audit.contains(&secret), "{what} in the audit trail");
