@@ -16,6 +16,7 @@
 #                  HSTS on responses, so both do the same work;
 #        dermgate  one route, host localhost, path /, public = true, allow_plaintext = true,
 #                  upstream http://127.0.0.1:PORT, log level warn;
+#        dermgate-audit  the same public route with [audit] sync = "batch" (issue 7: <= 5% fewer rps);
 #        dermgate-session  the same route, protected: [oidc] + embedded [store] + a policy that
 #                  needs the `clinicians` group and MFA; every request carries a session cookie
 #                  made beforehand by benches' `mint_session` (identify, session read, policy,
@@ -244,18 +245,34 @@ connections_per_source = 100000
 [log]
 level = "warn"
 EOF
-"$DG" check --config "$WORK/dermgate.toml" >/dev/null || die "dermgate check failed"
-TOKIO_WORKER_THREADS=$SERVER_THREADS "$DG" serve --config "$WORK/dermgate.toml" 2>"$WORK/dermgate.log" &
-DG_PID=$!
-PIDS+=("$DG_PID")
-DG_PORT=""
-for _ in $(seq 100); do
-    DG_PORT=$(sed -n 's|^dermgate listening on https://127\.0\.0\.1:\([0-9]*\) (tcp).*|\1|p' "$WORK/dermgate.log" | head -n1)
-    [[ -n $DG_PORT ]] && break
-    kill -0 "$DG_PID" 2>/dev/null || { cat "$WORK/dermgate.log" >&2; die "dermgate exited at start"; }
-    sleep 0.1
-done
-[[ -n $DG_PORT ]] || die "dermgate did not report its port"
+# Starts `dermgate serve --config $2` as $1 (log $WORK/$1.log); sets STARTED_PID and STARTED_PORT.
+start_dermgate() {
+    local log=$WORK/$1.log
+    "$DG" check --config "$2" >/dev/null 2>&1 || { "$DG" check --config "$2" >&2; die "$1: dermgate check failed"; }
+    TOKIO_WORKER_THREADS=$SERVER_THREADS "$DG" serve --config "$2" 2>"$log" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    STARTED_PORT=""
+    for _ in $(seq 100); do
+        STARTED_PORT=$(sed -n 's|^dermgate listening on https://127\.0\.0\.1:\([0-9]*\) (tcp).*|\1|p' "$log" | head -n1)
+        [[ -n $STARTED_PORT ]] && return 0
+        kill -0 "$STARTED_PID" 2>/dev/null || { cat "$log" >&2; die "$1 exited at start"; }
+        sleep 0.1
+    done
+    die "$1 did not report its port"
+}
+start_dermgate dermgate "$WORK/dermgate.toml"
+DG_PID=$STARTED_PID DG_PORT=$STARTED_PORT
+
+# The same public route with the audit trail on (sync = "batch": a decision and a complete
+# record per request, hash-chained, group-committed with fsync every 50 ms); issue 7's goal:
+# rps at most 5% below the same route with audit off.
+mkdir -p "$WORK/audit"
+sed -e 's|"certs/|"../certs/|' "$WORK/dermgate.toml" >"$WORK/audit/dermgate.toml"
+printf '%s\n' '' '[audit]' 'file = "audit/audit.jsonl"' 'sync = "batch"' '[keys]' 'dir = "keys"' \
+    >>"$WORK/audit/dermgate.toml"
+start_dermgate dermgate-audit "$WORK/audit/dermgate.toml"
+DA_PID=$STARTED_PID DA_PORT=$STARTED_PORT
 
 # The same route behind sign-in: a session cookie minted into the embedded store first.
 mkdir -p "$WORK/session"
@@ -267,26 +284,16 @@ printf '%s\n' '' '[oidc]' 'issuer = "https://127.0.0.1:9"' 'client_id = "bench"'
     'client_secret_file = "client-secret"' 'callback = "https://localhost/.dermgate/callback"' \
     '[keys]' 'dir = "keys"' '[store]' 'kind = "embedded"' 'path = "state"' '[policy]' 'file = "policy.toml"' \
     >>"$WORK/session/dermgate.toml"
-"$DG" check --config "$WORK/session/dermgate.toml" >/dev/null 2>&1 || die "dermgate (session) check failed"
 COOKIE="__Host-dermgate=$("$MINT" --config "$WORK/session/dermgate.toml" 2>/dev/null)" || die "mint_session failed"
-TOKIO_WORKER_THREADS=$SERVER_THREADS "$DG" serve --config "$WORK/session/dermgate.toml" 2>"$WORK/dermgate-session.log" &
-DS_PID=$!
-PIDS+=("$DS_PID")
-DS_PORT=""
-for _ in $(seq 100); do
-    DS_PORT=$(sed -n 's|^dermgate listening on https://127\.0\.0\.1:\([0-9]*\) (tcp).*|\1|p' "$WORK/dermgate-session.log" | head -n1)
-    [[ -n $DS_PORT ]] && break
-    kill -0 "$DS_PID" 2>/dev/null || { cat "$WORK/dermgate-session.log" >&2; die "dermgate (session) exited at start"; }
-    sleep 0.1
-done
-[[ -n $DS_PORT ]] || die "dermgate (session) did not report its port"
+start_dermgate dermgate-session "$WORK/session/dermgate.toml"
+DS_PID=$STARTED_PID DS_PORT=$STARTED_PORT
 # Without the cookie it must refuse; with it, serve.
 code=$(curl -sS --cacert "$WORK/certs/ca.pem" -o /dev/null -w '%{http_code}' "https://localhost:$DS_PORT/")
 [[ $code == 401 ]] || die "dermgate (session) without a cookie: expected 401, got $code"
 hdr() { if [[ $1 == dermgate-session ]]; then echo "Cookie: $COOKIE"; else echo "X-Bench: 1"; fi; }
 
 # All answer the same thing, over TLS 1.3, on h1 and h2.
-for target in "nginx $NGX_PORT" "dermgate $DG_PORT" "dermgate-session $DS_PORT"; do
+for target in "nginx $NGX_PORT" "dermgate $DG_PORT" "dermgate-audit $DA_PORT" "dermgate-session $DS_PORT"; do
     set -- $target
     for v in --http1.1 --http2; do
         got=$(curl -sS --cacert "$WORK/certs/ca.pem" --tlsv1.3 "$v" -o /dev/null -H "$(hdr "$1")" \
@@ -361,8 +368,8 @@ LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 log "nginx $NGINX_VERSION on :$NGX_PORT (worker_processes $SERVER_THREADS), dermgate on :$DG_PORT" \
     "(TOKIO_WORKER_THREADS=$SERVER_THREADS), upstream nginx on :$UP_PORT ($UPSTREAM_WORKERS worker, ${BODY_BYTES}-byte body)"
 for round in $(seq "$ROUNDS"); do
-    if ((round % 2)); then order=("nginx $NGX_PORT $NGX_PID" "dermgate $DG_PORT $DG_PID" "dermgate-session $DS_PORT $DS_PID"); else
-        order=("dermgate-session $DS_PORT $DS_PID" "dermgate $DG_PORT $DG_PID" "nginx $NGX_PORT $NGX_PID"); fi
+    if ((round % 2)); then order=("nginx $NGX_PORT $NGX_PID" "dermgate $DG_PORT $DG_PID" "dermgate-audit $DA_PORT $DA_PID" "dermgate-session $DS_PORT $DS_PID"); else
+        order=("dermgate-session $DS_PORT $DS_PID" "dermgate-audit $DA_PORT $DA_PID" "dermgate $DG_PORT $DG_PID" "nginx $NGX_PORT $NGX_PID"); fi
     for proto in h1 h2; do
         for target in "${order[@]}"; do
             set -- $target
@@ -373,6 +380,7 @@ for round in $(seq "$ROUNDS"); do
 done
 kill -0 "$DG_PID" 2>/dev/null || die "dermgate died during the run"
 kill -0 "$DS_PID" 2>/dev/null || die "dermgate (session) died during the run"
+kill -0 "$DA_PID" 2>/dev/null || die "dermgate (audit) died during the run"
 
 # ---------------------------------------------------------------- 5. report
 echo
@@ -395,6 +403,13 @@ awk '
             rc = (cpu[a] > 0) ? cpu[b] / cpu[a] : 0
             printf "%-5s %-9s %11.2fx %9.2fx %9.2fx %8s %11.2fx   rps %s (goal >= 1.10x), p99 %s (goal <= 1.00x)\n",
                 p, "ratio", rr, r50, r99, "", rc, (rr >= 1.10 ? "MET" : "MISSED"), (r99 <= 1.00 ? "MET" : "MISSED")
+            d = p " dermgate-audit"
+            if (d in n) {
+                printf "%-5s %-9s %12.0f %10.3f %10.3f %8d %12.1f\n", p, "audit", rps[d]/n[d], p50[d]/n[d], p99[d]/n[d], err[d], cpu[d]/n[d]
+                ra = (rps[d]/n[d]) / (rps[b]/n[b])
+                printf "%-5s %-9s %11.2fx %9.2fx %9.2fx %8s %11.2fx   audit on/off rps %s (issue 7 goal >= 0.95x, vs dermgate without audit)\n",
+                    p, "on/off", ra, (p50[d]/n[d]) / (p50[b]/n[b]), (p99[d]/n[d]) / (p99[b]/n[b]), "", (cpu[b] > 0) ? cpu[d] / cpu[b] : 0, (ra >= 0.95 ? "MET" : "MISSED")
+            }
             c = p " dermgate-session"
             if (c in n) {
                 printf "%-5s %-9s %12.0f %10.3f %10.3f %8d %12.1f\n", p, "session", rps[c]/n[c], p50[c]/n[c], p99[c]/n[c], err[c], cpu[c]/n[c]

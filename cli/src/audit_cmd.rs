@@ -32,8 +32,10 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show the last records (every kind but checkpoints unless --kind), one line each;
-    /// --follow keeps printing new ones, across rotation.
+    /// Show the last records, one line each, or follow the trail as it grows.
+    ///
+    /// Every kind but checkpoints unless --kind; --follow keeps printing new records, across
+    /// rotation.
     #[command(
         after_help = "Examples:\n  dermgate audit tail --config dermgate.toml\n  dermgate audit tail --config dermgate.toml --decision deny -n 50\n  dermgate audit tail --config dermgate.toml --user alice --route imaging --follow\n  dermgate audit tail audit/audit.jsonl --json | jq .path\n\nColumns: time (UTC), kind, user, route, request (method and path, or the event name),\nresult (allow/deny, or status, bytes sent and time), reason.\nLines that are not records (torn by a crash, edited) are reported on stderr and skipped.\n\nExit codes: 0 ok, 1 the trail could not be read, 2 usage error."
     )]
@@ -65,8 +67,10 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Requests, denials and bytes sent per user, route and day; denials by reason;
-    /// the top image exporters (users by bytes sent on `integrity = true` routes).
+    /// Requests, denials and bytes sent per user, route and day; the top image exporters.
+    ///
+    /// Also denials by reason and upstream failures by reason. Image exporters are users by
+    /// bytes sent on `integrity = true` routes.
     #[command(
         after_help = "Examples:\n  dermgate audit report --config dermgate.toml\n  dermgate audit report --since 30d --config dermgate.toml --json\n  dermgate audit report --since 2026-03-01T00:00:00Z audit/audit.000001.jsonl audit/audit.jsonl\n\nWithout --config every route counts as an export route.\n\nExit codes: 0 ok, 1 the trail could not be read, 2 usage error."
     )]
@@ -170,7 +174,17 @@ fn tail(
             .collect::<String>()
     } else {
         let rows: Vec<Vec<String>> = found.iter().map(|(e, _)| audit_read::tail_row(e)).collect();
-        if rows.is_empty() && !follow {
+        if follow {
+            // Rows that come later cannot be measured now: fixed columns.
+            let head: Vec<String> = audit_read::TAIL_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect();
+            std::iter::once(head)
+                .chain(rows)
+                .map(|r| audit_read::fixed_row(&r))
+                .collect()
+        } else if rows.is_empty() {
             "no matching records\n".to_string()
         } else {
             audit_read::table(&audit_read::TAIL_HEADERS, &rows, &[], 60)
@@ -198,7 +212,6 @@ fn tail(
     };
     let mut follower = Follower::new(&current, offset);
     let name = current.display().to_string();
-    let mut line_no = 0usize;
     loop {
         let lines = match follower.poll() {
             Ok(l) => l,
@@ -209,24 +222,17 @@ fn tail(
         };
         let mut text = String::new();
         for raw in lines {
-            line_no += 1;
             match audit_read::parse_line(&raw) {
                 Ok(e) if filter.matches(&e) => {
                     if json {
                         text.push_str(&String::from_utf8_lossy(&raw));
                         text.push('\n');
                     } else {
-                        let row = audit_read::tail_row(&e)
-                            .iter()
-                            .map(|c| audit_read::clean(c))
-                            .collect::<Vec<_>>()
-                            .join("  ");
-                        text.push_str(&row);
-                        text.push('\n');
+                        text.push_str(&audit_read::fixed_row(&audit_read::tail_row(&e)));
                     }
                 }
                 Ok(_) => {}
-                Err(why) => eprintln!("{name}: new line {line_no}: skipped: {why}"),
+                Err(why) => eprintln!("{name}: skipped a line: {why}"),
             }
         }
         if !text.is_empty()

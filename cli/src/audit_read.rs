@@ -347,7 +347,7 @@ impl Filter {
         let kind_ok = if self.kinds.is_empty() {
             e.kind != "checkpoint"
         } else {
-            self.kinds.iter().any(|k| *k == e.kind)
+            self.kinds.contains(&e.kind)
         };
         kind_ok
             && self
@@ -419,6 +419,29 @@ pub const TAIL_HEADERS: [&str; 7] = [
     "RESULT",
     "REASON",
 ];
+
+/// Column widths of `audit tail --follow`, whose rows are printed as they
+/// come and so cannot be measured first (the reason column is last and free).
+const FOLLOW_WIDTHS: [usize; 6] = [23, 8, 12, 10, 40, 20];
+
+/// One `audit tail --follow` line: the cells padded to fixed widths; a longer
+/// cell pushes the rest of its line to the right rather than being cut.
+pub fn fixed_row(cells: &[String]) -> String {
+    let mut s = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        let c = clean(c);
+        match FOLLOW_WIDTHS.get(i) {
+            Some(w) => {
+                s.push_str(&c);
+                s.push_str(&" ".repeat(w.saturating_sub(c.chars().count()) + 2));
+            }
+            None => s.push_str(&c),
+        }
+    }
+    s.truncate(s.trim_end().len());
+    s.push('\n');
+    s
+}
 
 /// One `audit tail` row: time, kind, user, route, request (method and path,
 /// or the event name), result (decision, or status, bytes and time), reason.
@@ -871,6 +894,7 @@ pub fn integrity_routes(cfg: &dermgate_proxy::config::Config) -> Vec<String> {
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -1161,6 +1185,16 @@ mod tests {
                 "deny 403",
                 "not_permitted"
             ]
+        );
+        let line = fixed_row(&row);
+        assert!(
+            line.starts_with(
+                "2026-03-02 09:00:00.000  decision  bob           ehr         GET /x "
+            )
+        );
+        assert!(
+            line.ends_with("deny 403              not_permitted\n"),
+            "{line:?}"
         );
     }
 }

@@ -373,12 +373,14 @@ impl Tally {
         }
         match e.kind.as_str() {
             "decision" => self.decision(e, mfa_amr),
-            "complete" => {
-                if e.route.as_ref().is_some_and(|r| integrity.contains(r)) && e.reason.is_none() {
-                    self.requests.integrity_transfers += 1;
-                    if e.sha256.is_some() {
-                        self.requests.integrity_hashed += 1;
-                    }
+            // A transfer that ended in an upstream failure has no body to hash.
+            "complete"
+                if e.route.as_ref().is_some_and(|r| integrity.contains(r))
+                    && e.reason.is_none() =>
+            {
+                self.requests.integrity_transfers += 1;
+                if e.sha256.is_some() {
+                    self.requests.integrity_hashed += 1;
                 }
             }
             "event" => self.event(e),
@@ -1315,34 +1317,33 @@ impl Evidence {
             self.period.label,
             self.config
         );
+        // One set of columns for every safeguard; details under the result.
+        let status_w = "NOT MEASURED".len();
+        let label_w = self
+            .safeguards
+            .iter()
+            .flat_map(|s| &s.measures)
+            .map(|m| m.label.chars().count())
+            .max()
+            .unwrap_or(0);
+        let indent = " ".repeat(2 + status_w + 2 + label_w + 2);
         for s in &self.safeguards {
             let _ = writeln!(out, "\n{} {}", s.code, s.title);
-            let rows: Vec<Vec<String>> = s
-                .measures
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.status.label().to_string(),
-                        m.label.clone(),
-                        m.value.clone(),
-                    ]
-                })
-                .collect();
-            let t = audit_read::table(&["STATUS", "MEASURE", "RESULT"], &rows, &[], 110);
-            // Details go under their measure.
-            let mut lines = t.lines();
-            for l in lines.by_ref().take(2) {
-                let _ = writeln!(out, "  {l}");
-            }
-            for (m, l) in s.measures.iter().zip(lines) {
-                let _ = writeln!(out, "  {l}");
+            for m in &s.measures {
+                let _ = writeln!(
+                    out,
+                    "  {:<status_w$}  {:<label_w$}  {}",
+                    m.status.label(),
+                    m.label,
+                    audit_read::clean(&m.value)
+                );
                 for d in m.details.iter().take(MAX_DETAILS) {
-                    let _ = writeln!(out, "      · {}", audit_read::clean(d));
+                    let _ = writeln!(out, "{indent}· {}", audit_read::clean(d));
                 }
                 if m.details.len() > MAX_DETAILS {
                     let _ = writeln!(
                         out,
-                        "      · … and {} more (see --json)",
+                        "{indent}· … and {} more (see --json)",
                         m.details.len() - MAX_DETAILS
                     );
                 }
@@ -1396,12 +1397,14 @@ impl Evidence {
             kpi(
                 "Requests",
                 &r.total.to_string(),
-                &format!("{} denied", r.denied)
+                &format!("{} denied", r.denied),
+                false
             ),
             kpi(
                 "Over TLS 1.3",
-                &pct(r.tls13_share),
-                &format!("{} of {}", r.tls13, r.total)
+                &r.tls13_share.map_or_else(|| "—".into(), |s| pct(Some(s))),
+                &format!("{} of {}", r.tls13, r.total),
+                r.tls13 < r.total
             ),
             if self.sessions.identity_configured {
                 kpi(
@@ -1411,9 +1414,10 @@ impl Evidence {
                         .mfa_share
                         .map_or_else(|| "—".into(), |s| pct(Some(s))),
                     &format!("{} of {}", self.sessions.with_mfa, self.sessions.sessions),
+                    false,
                 )
             } else {
-                kpi("Sessions with MFA", "—", "no sign-in configured")
+                kpi("Sessions with MFA", "—", "no sign-in configured", false)
             },
             kpi(
                 "Audit chain",
@@ -1426,7 +1430,8 @@ impl Evidence {
                     .audit
                     .chain
                     .as_ref()
-                    .map_or(String::new(), |c| format!("{} records", c.report.records))
+                    .map_or(String::new(), |c| format!("{} records", c.report.records)),
+                self.audit.chain.as_ref().is_none_or(|c| !c.intact)
             ),
         );
         for s in &self.safeguards {
@@ -1475,9 +1480,10 @@ impl Evidence {
     }
 }
 
-fn kpi(label: &str, value: &str, sub: &str) -> String {
+fn kpi(label: &str, value: &str, sub: &str, bad: bool) -> String {
     format!(
-        "<div class=\"kpi\"><div class=\"k-label\">{}</div><div class=\"k-value\">{}</div><div class=\"k-sub\">{}</div></div>",
+        "<div class=\"kpi{}\"><div class=\"k-label\">{}</div><div class=\"k-value\">{}</div><div class=\"k-sub\">{}</div></div>",
+        if bad { " bad" } else { "" },
         esc(label),
         esc(value),
         esc(sub)
@@ -1526,6 +1532,8 @@ h1 { margin: .6mm 0 0; font-size: 15pt; line-height: 1.15; color: #0b2f3a; }
 .k-label { color: #5b6774; font-size: 6.6pt; text-transform: uppercase; letter-spacing: .06em; }
 .k-value { font-size: 13pt; line-height: 1.2; font-weight: 700; color: #0b2f3a; font-variant-numeric: tabular-nums; }
 .k-sub { color: #5b6774; font-size: 7pt; }
+.kpi.bad { border-left-color: #b3261e; background: #fdf1f0; }
+.kpi.bad .k-value { color: #a2221a; }
 section { margin-top: 2.6mm; border: 1px solid #d6dee6; border-radius: 1.6mm; overflow: hidden;
   break-inside: avoid; page-break-inside: avoid; }
 h2 { margin: 0; padding: 1mm 2.6mm; font-size: 9.2pt; background: #eaf1f5; border-bottom: 1px solid #d6dee6;
@@ -1613,6 +1621,7 @@ pub fn run(config: &Path, since: &str, json: bool, html: Option<&Path>) -> ExitC
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

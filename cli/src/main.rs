@@ -60,10 +60,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: audit_cmd::AuditCmd,
     },
-    /// The HIPAA evidence report (45 CFR 164.312 (a)-(e)), measured from the audit trail
-    /// and the configuration: TLS 1.3 and HTTP/3 shares, MFA, upstream legs, keys,
-    /// break-the-glass, denials, public routes, the chain's verification, certificates,
-    /// retention.
+    /// The HIPAA evidence report, measured from the audit trail and the configuration.
+    ///
+    /// Under 45 CFR 164.312 (a)-(e): requests over TLS 1.3 and HTTP/3, sessions with MFA,
+    /// upstream legs, key ages and rotations, break-the-glass uses, denials by reason, public
+    /// routes, the audit chain's verification, certificate expiry, the oldest record held.
     #[command(
         after_help = "Examples:\n  dermgate evidence --config dermgate.toml\n  dermgate evidence --since 90d --config dermgate.toml --json > evidence.json\n  dermgate evidence --config dermgate.toml --html evidence.html   (one page; prints on A4)\n\nExit codes: 0 every measure passed (exceptions are listed, not failures), 1 a measure failed\n(a request not over TLS 1.3, a broken audit chain, an expired certificate, no audit trail),\n2 usage error."
     )]

@@ -585,13 +585,20 @@ impl Audit {
     /// False when the record could not be written: the caller refuses the request.
     pub async fn append(&self, r: Record) -> bool {
         if self.mode == SyncMode::Always {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if self.tx.send((r, Some(tx))).is_err() {
-                return false;
-            }
-            return rx.await.unwrap_or(false);
+            return self.append_durable(r).await;
         }
         self.tx.send((r, None)).is_ok() && self.healthy()
+    }
+
+    /// Appends a record and waits until it is on disk, whatever the sync mode
+    /// (in batch mode: until the group commit that holds it). False when it
+    /// could not be written.
+    pub async fn append_durable(&self, r: Record) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send((r, Some(tx))).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Appends a record without waiting (complete records, events).

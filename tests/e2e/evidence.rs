@@ -555,7 +555,7 @@ async fn evidence_report_and_tail_count_the_traffic_sent() {
     // ---- dermgate audit tail --follow ----
     let mut follow = Command::new(BIN)
         .args([
-            "audit", "tail", "--follow", "--json", "-n", "0", "--route", "app", "--config", &cfg,
+            "audit", "tail", "--follow", "--json", "-n", "1", "--route", "app", "--config", &cfg,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -571,8 +571,10 @@ async fn evidence_report_and_tail_count_the_traffic_sent() {
             }
         }
     });
-    // Give it time to reach the end of the file before new records arrive.
-    std::thread::sleep(Duration::from_millis(500));
+    // The last record already there comes first: then it has read to the end.
+    let last: Value =
+        serde_json::from_str(&rx.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    assert_eq!(last["route"], "app");
     for path in ["/followed/1", "/followed/2"] {
         let (status, _) = h2_get(&mut h2, "localhost", path).await;
         assert_eq!(status, 200);
@@ -601,6 +603,8 @@ async fn evidence_report_and_tail_count_the_traffic_sent() {
         "{followed:?}"
     );
     assert!(followed.iter().all(|v| v["route"] == "app"));
+    let paths: Vec<&str> = followed.iter().filter_map(|v| v["path"].as_str()).collect();
+    assert_eq!(paths, ["/followed/1", "/followed/2"]);
 
     // ---- dermgate evidence --html, rendered by headless Chromium ----
     let html = dir.path().join("evidence.html");
