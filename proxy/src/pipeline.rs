@@ -394,6 +394,23 @@ where
                 reason = refused.reason,
                 "refused"
             );
+            // Malformed and unroutable requests are in the trail too (DESIGN
+            // "Bad input"), without their raw target: it may carry a query
+            // string, and it is not the canonical form. A rate-limited flood is
+            // counted in the metrics only, so it cannot fill the disk.
+            if refused.reason != RATE_LIMITED.reason
+                && let Some(a) = &shared.audit
+            {
+                let mut r = crate::audit::Record::new("decision");
+                r.src = Some(client_address(shared, conn, &req).to_string());
+                r.method = Some(req.method().as_str().to_string());
+                r.proto = Some(conn.proto.label());
+                r.tls = Some(conn.tls);
+                r.decision = Some("deny");
+                r.reason = Some(refused.reason.to_string());
+                r.status = Some(refused.status.as_u16());
+                a.record(r);
+            }
             refused.page(html)
         }
     };

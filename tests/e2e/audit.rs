@@ -121,11 +121,27 @@ async fn records_are_chained_and_verify_finds_every_kind_of_tampering() {
     let proxy = Proxy::start(&certs, &config(dir.path(), up.addr, "batch"));
     let ok = requests(&proxy, &certs.ca(), 1100).await;
     assert_eq!(ok, 1100);
+    // A malformed request is refused and recorded too, without its raw target.
+    let resp = raw_h1(
+        proxy.addr,
+        &certs.ca(),
+        b"GET /a/%2e%2e/%2e%2e/etc/passwd?ssn=123-45-6789 HTTP/1.1\r\nHost: ehr.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 400, "{resp}");
     let file = dir.path().join("audit/audit.jsonl");
-    // 1,100 decisions + 1,100 completes, and at least two checkpoints.
-    wait_lines(&file, 2202);
+    // 1,100 decisions + 1,100 completes + the refusal, and at least two checkpoints.
+    wait_lines(&file, 2203);
     drop(proxy);
     let all = lines(&file);
+    let refusal = all
+        .iter()
+        .find(|l| l.contains("\"decision\":\"deny\"") && l.contains("\"status\":400"))
+        .expect("the malformed request's deny record");
+    assert!(
+        !refusal.contains("passwd") && !refusal.contains("%2e"),
+        "{refusal}"
+    );
     let text = all.join("\n");
     assert!(
         !text.contains("123-45-6789") && !text.contains("ssn"),
