@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
@@ -780,19 +780,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
 /// Header names (after mapping `_` to `-`) a client may use to impersonate
 /// the proxy or an earlier hop.
 const SPOOFABLE_EXACT: &[&str] = &[
@@ -836,57 +823,121 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// True for a header that must not cross the proxy in either direction.
-fn is_hop_by_hop(name: &HeaderName, named: &[HeaderName]) -> bool {
-    HOP_BY_HOP.contains(&name.as_str()) || named.contains(name)
+/// True for a header that belongs to one connection, never forwarded (RFC
+/// 9110 7.6.1); compared as header names, no string parsing per request.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
-/// Rebuilds request headers for the upstream: drops hop-by-hop, Connection-named
-/// and spoofable headers, then adds `Host` and the proxy's own forwarding headers.
-pub fn upstream_request_headers(src: HeaderMap, host: &str, client: IpAddr) -> HeaderMap {
-    let named = connection_named(&src);
-    let mut out = HeaderMap::with_capacity(src.len() + 5);
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in src {
-        if let Some(n) = name {
-            current = Some(n);
-        }
-        let Some(n) = &current else { continue };
-        if is_hop_by_hop(n, &named) || is_spoofable(n.as_str()) || n == header::HOST {
-            continue;
-        }
-        out.append(n.clone(), value);
-    }
-    let for_node = match client {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes hop-by-hop headers, those named in `Connection`, and (`spoofable`)
+/// client-sent forwarding claims, in place: most requests carry none, so
+/// nothing is rebuilt or re-hashed.
+fn drop_headers(headers: &mut HeaderMap, spoofable: bool) {
+    let named = if headers.contains_key(header::CONNECTION) {
+        connection_named(headers)
+    } else {
+        Vec::new()
     };
-    if let Ok(v) = HeaderValue::from_str(host) {
-        out.insert(header::HOST, v.clone());
-        out.insert(HeaderName::from_static("x-forwarded-host"), v);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            is_hop_by_hop(n) || named.contains(n) || (spoofable && is_spoofable(n.as_str()))
+        })
+        .cloned()
+        .collect();
+    for n in doomed {
+        headers.remove(n);
     }
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        out.insert(HeaderName::from_static("x-forwarded-for"), v);
+}
+
+/// The forwarding headers of one client address, made once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientHeaders {
+    /// `X-Forwarded-For`.
+    pub xff: HeaderValue,
+    /// `for=<node>` of `Forwarded` (RFC 7239: IPv6 quoted and bracketed).
+    for_node: Bytes,
+}
+
+impl ClientHeaders {
+    /// The headers for `client`.
+    pub fn new(client: IpAddr) -> Self {
+        let (xff, node) = match client {
+            IpAddr::V4(ip) => (ip.to_string(), format!("for={ip}")),
+            IpAddr::V6(ip) => (ip.to_string(), format!("for=\"[{ip}]\"")),
+        };
+        Self {
+            xff: HeaderValue::from_str(&xff).unwrap_or(HeaderValue::from_static("unknown")),
+            for_node: Bytes::from(node),
+        }
     }
-    out.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("https"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("for={for_node};proto=https;host={host}")) {
-        out.insert(header::FORWARDED, v);
+}
+
+/// The forwarding headers of one route host, made once when the route is compiled.
+#[derive(Debug, Clone)]
+pub struct HostHeaders {
+    /// The host, for `Host` and `X-Forwarded-Host`.
+    pub host: Option<HeaderValue>,
+    /// `;proto=https;host=<host>` of `Forwarded`.
+    forwarded_tail: Bytes,
+}
+
+impl HostHeaders {
+    /// The headers for `host` (a canonical host name).
+    pub fn new(host: &str) -> Self {
+        Self {
+            host: HeaderValue::from_str(host).ok(),
+            forwarded_tail: Bytes::from(format!(";proto=https;host={host}")),
+        }
     }
-    out
+}
+
+/// Rebuilds request headers for the upstream, in place: drops hop-by-hop,
+/// Connection-named and spoofable headers, then sets `Host` and the proxy's
+/// own forwarding headers.
+pub fn upstream_request_headers(
+    mut headers: HeaderMap,
+    host: &HostHeaders,
+    client: &ClientHeaders,
+) -> HeaderMap {
+    drop_headers(&mut headers, true);
+    match &host.host {
+        Some(v) => {
+            headers.insert(header::HOST, v.clone());
+            headers.insert(X_FORWARDED_HOST, v.clone());
+        }
+        None => {
+            headers.remove(header::HOST);
+        }
+    }
+    headers.insert(X_FORWARDED_FOR, client.xff.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    let mut fwd = BytesMut::with_capacity(client.for_node.len() + host.forwarded_tail.len());
+    fwd.extend_from_slice(&client.for_node);
+    fwd.extend_from_slice(&host.forwarded_tail);
+    if let Ok(v) = HeaderValue::from_maybe_shared(fwd.freeze()) {
+        headers.insert(header::FORWARDED, v);
+    }
+    headers
 }
 
 /// Cleans the upstream's response headers: drops hop-by-hop and Connection-named.
 pub fn clean_response_headers(headers: &mut HeaderMap) {
-    let named = connection_named(headers);
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
-    for n in named {
-        headers.remove(n);
-    }
+    drop_headers(headers, false);
 }
 
 #[cfg(test)]
@@ -934,7 +985,11 @@ mod tests {
         h.insert("range", "bytes=0-1".parse().unwrap());
         h.append("accept", "a".parse().unwrap());
         h.append("accept", "b".parse().unwrap());
-        let out = upstream_request_headers(h, "ehr.example.com", "10.1.2.3".parse().unwrap());
+        let out = upstream_request_headers(
+            h,
+            &HostHeaders::new("ehr.example.com"),
+            &ClientHeaders::new("10.1.2.3".parse().unwrap()),
+        );
         assert!(out.get("x-secret").is_none());
         assert!(out.get("connection").is_none());
         assert!(out.get("x_dermgate_assertion").is_none());

@@ -116,12 +116,7 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, remote: Sock
             return;
         }
     };
-    let info = Arc::new(ConnInfo {
-        peer: remote,
-        client: remote.ip(),
-        proto: Proto::H3,
-        tls: "TLSv1.3",
-    });
+    let info = Arc::new(ConnInfo::new(remote, remote.ip(), Proto::H3, "TLSv1.3"));
     shared.metrics.connection(Proto::H3.index(), 1);
     let mut h3c: h3::server::Connection<h3_quinn::Connection, Bytes> =
         match h3::server::Connection::new(h3_quinn::Connection::new(conn)).await {

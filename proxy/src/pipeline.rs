@@ -78,6 +78,21 @@ pub struct ConnInfo {
     pub proto: Proto,
     /// Negotiated TLS version label.
     pub tls: &'static str,
+    /// The forwarding headers for `client`, made once per connection.
+    pub fwd: forward::ClientHeaders,
+}
+
+impl ConnInfo {
+    /// The facts of one client connection.
+    pub fn new(peer: SocketAddr, client: IpAddr, proto: Proto, tls: &'static str) -> Self {
+        Self {
+            peer,
+            client,
+            proto,
+            tls,
+            fwd: forward::ClientHeaders::new(client),
+        }
+    }
 }
 
 /// A compiled route: its configuration and its upstream pool.
@@ -87,6 +102,8 @@ pub struct Route {
     pub cfg: RouteConfig,
     /// Where its requests go.
     pub upstream: UpstreamPool,
+    /// `Host` and forwarding headers for its host, made once.
+    pub host_headers: forward::HostHeaders,
 }
 
 /// Everything a request reads, compiled once and swapped atomically.
@@ -105,6 +122,7 @@ impl Snapshot {
         for r in &cfg.routes {
             list.push(Arc::new(Route {
                 upstream: UpstreamPool::new(r, metrics)?,
+                host_headers: forward::HostHeaders::new(&r.host),
                 cfg: r.clone(),
             }));
         }
@@ -991,10 +1009,27 @@ async fn forward(
     };
     let client_upgrade = ctx.websocket.map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // Made once per route and per connection; rebuilt only when they differ
+    // (a wildcard-free route always matches its own host; a client named by a
+    // trusted proxy differs from the connection's).
+    let host_headers;
+    let host_headers = if ctx.host == route.cfg.host {
+        &route.host_headers
+    } else {
+        host_headers = forward::HostHeaders::new(&ctx.host);
+        &host_headers
+    };
+    let client_headers;
+    let client_headers = if ctx.client == ctx.conn.client {
+        &ctx.conn.fwd
+    } else {
+        client_headers = forward::ClientHeaders::new(ctx.client);
+        &client_headers
+    };
     parts.headers = forward::upstream_request_headers(
         std::mem::take(&mut parts.headers),
-        &ctx.host,
-        ctx.client,
+        host_headers,
+        client_headers,
     );
     if let Some(id) = &shared.identity {
         crate::identity::strip_own_cookies(&mut parts.headers);

@@ -333,12 +333,7 @@ async fn connection(
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         _ => "unknown",
     };
-    let conn = Arc::new(ConnInfo {
-        peer,
-        client: client.ip(),
-        proto,
-        tls: tls_label,
-    });
+    let conn = Arc::new(ConnInfo::new(peer, client.ip(), proto, tls_label));
     shared.metrics.connection(proto.index(), 1);
     let svc = {
         let shared = shared.clone();
