@@ -138,10 +138,39 @@ pub struct Record {
     pub sig: Option<String>,
 }
 
-/// The current time as the trail writes it.
+/// The current time as the trail writes it (RFC 3339 UTC, milliseconds).
 pub fn now_ts() -> String {
-    let ts = jiff::Timestamp::now();
-    format!("{ts:.3}")
+    format_ts(jiff::Timestamp::now())
+}
+
+thread_local! {
+    /// The formatted second most recently stamped on this thread: every record
+    /// of that second reuses it and only appends its milliseconds.
+    static SECOND: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+}
+
+fn format_ts(ts: jiff::Timestamp) -> String {
+    let second = ts.as_second();
+    let ms = ts.subsec_millisecond();
+    let ms = u16::try_from(ms).unwrap_or(0);
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            // "2026-11-24T05:30:00" from jiff's own formatting, once a second.
+            let whole = jiff::Timestamp::from_second(second).unwrap_or(ts);
+            let mut text = format!("{whole:.0}");
+            text.pop(); // the 'Z'
+            *cached = (second, text);
+        }
+        let mut out = String::with_capacity(cached.1.len() + 5);
+        out.push_str(&cached.1);
+        out.push('.');
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+        out
+    })
 }
 
 impl Record {
@@ -383,42 +412,42 @@ impl Writer {
         })
     }
 
-    fn line(&mut self, mut r: Record) -> Vec<u8> {
+    /// Chains `r` to the previous line and appends it (with its newline) to `buf`.
+    fn line(&mut self, r: &mut Record, buf: &mut Vec<u8>) {
         r.prev = std::mem::take(&mut self.prev);
-        let mut line = serde_json::to_vec(&r).unwrap_or_default();
-        self.prev = sha256_hex(&line);
-        line.push(b'\n');
-        line
+        let start = buf.len();
+        if serde_json::to_writer(&mut *buf, &*r).is_err() {
+            buf.truncate(start);
+        }
+        self.prev = sha256_hex(&buf[start..]);
+        buf.push(b'\n');
     }
 
-    fn checkpoint(&mut self) -> Vec<u8> {
+    fn checkpoint(&mut self, buf: &mut Vec<u8>) {
         let sig = self.key.sign(self.prev.as_bytes());
-        let r = Record {
+        let mut r = Record {
             sig: Some(base64::engine::general_purpose::STANDARD.encode(sig.as_ref())),
             ..Record::new("checkpoint")
         };
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        self.line(r)
+        self.line(&mut r, buf);
     }
 
     /// Writes and fsyncs a batch; on failure cuts the file back and restores the chain.
-    fn commit(&mut self, records: &[Record]) -> bool {
+    fn commit(&mut self, records: &mut [Record]) -> bool {
         let saved_prev = self.prev.clone();
         let saved = (self.since_checkpoint, self.last_checkpoint);
-        let mut buf = Vec::with_capacity(records.len() * 300);
-        for r in records {
-            let l = self.line(r.clone());
-            buf.extend_from_slice(&l);
+        let mut buf = Vec::with_capacity(records.len() * 320);
+        for r in records.iter_mut() {
+            self.line(r, &mut buf);
             self.since_checkpoint += 1;
             if self.since_checkpoint >= CHECKPOINT_EVERY {
-                let c = self.checkpoint();
-                buf.extend_from_slice(&c);
+                self.checkpoint(&mut buf);
             }
         }
         if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-            let c = self.checkpoint();
-            buf.extend_from_slice(&c);
+            self.checkpoint(&mut buf);
         }
         let ok = self
             .file
@@ -516,7 +545,10 @@ impl Audit {
         std::thread::Builder::new()
             .name("dermgate-audit".into())
             .spawn(move || {
-                let mut pending: Vec<(Record, Option<Ack>)> = Vec::new();
+                // Records and their acknowledgements side by side: committed
+                // in place, never copied.
+                let mut pending: Vec<Record> = Vec::new();
+                let mut acks: Vec<Option<Ack>> = Vec::new();
                 loop {
                     let wait = if pending.is_empty() {
                         CHECKPOINT_INTERVAL
@@ -524,7 +556,10 @@ impl Audit {
                         BATCH_INTERVAL
                     };
                     match rx.recv_timeout(wait) {
-                        Ok(m) => pending.push(m),
+                        Ok((r, a)) => {
+                            pending.push(r);
+                            acks.push(a);
+                        }
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => {
                             if pending.is_empty() {
@@ -536,33 +571,31 @@ impl Audit {
                     if mode == SyncMode::Batch && !pending.is_empty() {
                         std::thread::sleep(BATCH_INTERVAL.saturating_sub(Duration::from_millis(5)));
                     }
-                    while let Ok(m) = rx.try_recv() {
-                        pending.push(m);
+                    while let Ok((r, a)) = rx.try_recv() {
+                        pending.push(r);
+                        acks.push(a);
                     }
                     if pending.is_empty() {
                         if writer.since_checkpoint > 0 {
-                            let _ = writer.commit(&[]);
+                            let _ = writer.commit(&mut []);
                         }
                         continue;
                     }
-                    let records: Vec<Record> = pending.iter().map(|(r, _)| r.clone()).collect();
-                    let ok = writer.commit(&records);
+                    let ok = writer.commit(&mut pending);
                     if ok {
-                        for (_, ack) in pending.drain(..) {
-                            if let Some(a) = ack {
-                                let _ = a.send(true);
-                            }
+                        pending.clear();
+                        for a in acks.drain(..).flatten() {
+                            let _ = a.send(true);
                         }
                     } else {
                         // Refuse the waiting requests; keep the records for the retry.
-                        for (_, ack) in pending.iter_mut() {
-                            if let Some(a) = ack.take() {
-                                let _ = a.send(false);
-                            }
+                        for a in acks.iter_mut().filter_map(Option::take) {
+                            let _ = a.send(false);
                         }
                         if pending.len() > MAX_PENDING {
                             let drop_n = pending.len() - MAX_PENDING;
                             pending.drain(..drop_n);
+                            acks.drain(..drop_n);
                             tracing::error!(
                                 dropped = drop_n,
                                 "audit backlog full while the trail is unwritable"
@@ -611,6 +644,21 @@ impl Audit {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_match_jiff_with_milliseconds() {
+        for ms in [0i64, 7, 45, 999, 1_000, 86_399_999, 1_795_000_123_456] {
+            let ts = jiff::Timestamp::from_millisecond(ms).unwrap();
+            assert_eq!(format_ts(ts), format!("{ts:.3}"), "{ms}");
+        }
+        // The same second twice (cache hit), then the next one.
+        let a = jiff::Timestamp::from_millisecond(1_795_000_123_001).unwrap();
+        let b = jiff::Timestamp::from_millisecond(1_795_000_123_999).unwrap();
+        let c = jiff::Timestamp::from_millisecond(1_795_000_124_000).unwrap();
+        assert_eq!(format_ts(a), format!("{a:.3}"));
+        assert_eq!(format_ts(b), format!("{b:.3}"));
+        assert_eq!(format_ts(c), format!("{c:.3}"));
+    }
 
     #[test]
     fn hex_of_known_digest() {

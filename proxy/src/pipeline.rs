@@ -900,12 +900,16 @@ fn decision_record(
     refused: Option<&Refused>,
 ) -> crate::audit::Record {
     let mut r = crate::audit::Record::new("decision");
-    r.id = Some(format!("{:016x}", ctx.id));
+    r.id = Some(hex::encode(ctx.id.to_be_bytes()));
     r.sub = ctx.identity.subject().map(str::to_string);
-    r.src = Some(ctx.client.to_string());
+    // The connection's address is formatted once per connection.
+    r.src = Some(match ctx.conn.fwd.xff.to_str() {
+        Ok(s) if ctx.client == ctx.conn.client => s.to_string(),
+        _ => ctx.client.to_string(),
+    });
     r.host = Some(ctx.host.clone());
     r.route = ctx.route.as_ref().map(|x| x.cfg.name.clone());
-    r.method = Some(method.to_string());
+    r.method = Some(method.as_str().to_string());
     r.path = Some(ctx.path.decoded.clone());
     r.proto = Some(if ctx.websocket.is_some() {
         "ws"
@@ -934,7 +938,7 @@ fn decision_record(
 /// The `complete` record of a forwarded request.
 fn complete_record(ctx: &RequestCtx<'_>, status: u16) -> crate::audit::Record {
     let mut r = crate::audit::Record::new("complete");
-    r.id = Some(format!("{:016x}", ctx.id));
+    r.id = Some(hex::encode(ctx.id.to_be_bytes()));
     r.sub = ctx.identity.subject().map(str::to_string);
     r.route = ctx.route.as_ref().map(|x| x.cfg.name.clone());
     r.proto = Some(if ctx.websocket.is_some() {
