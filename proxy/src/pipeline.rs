@@ -726,8 +726,12 @@ fn refusal(
     let challenge = match refused.reason {
         "login_required" => {
             if ctx.html && ctx.websocket.is_none() {
-                return crate::identity::pages::redirect(&id.login_url(&ctx.host, &port, &pq), &[])
-                    .map(Either::Right);
+                let mut to = id.login_url(&ctx.host, &port, &pq);
+                // A session that timed out or was ended: say so before signing in again.
+                if ctx.no_session == crate::identity::NoSession::Ended {
+                    to.push_str("&ended=1");
+                }
+                return crate::identity::pages::redirect(&to, &[]).map(Either::Right);
             }
             match ctx.no_session {
                 crate::identity::NoSession::None => "Bearer realm=\"dermgate\"".to_string(),

@@ -691,10 +691,45 @@ async fn cookie_tampering_other_key_sets_fixation_and_timeouts_are_refused() {
         r.status,
         r.location()
     );
+    // The browser is told why before it signs in again: the session-ended page,
+    // with one link that starts a fresh sign-in (the IdP still knows the user,
+    // so it comes straight back) and a new session.
+    let old_cookie = b.cookie("ehr.test", "__Host-dermgate").unwrap();
+    let ended = b.follow(&r.location().unwrap()).await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert!(
+        ended.body.contains("Your session has ended"),
+        "{}",
+        ended.body
+    );
+    assert!(ended.body.contains("3s without activity"), "{}", ended.body);
+    let again = ended
+        .body
+        .split("href=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(
+        again.contains("/.dermgate/login?rd=") && !again.contains("ended=1"),
+        "{again}"
+    );
+    let back = b.follow(&again).await;
+    assert_eq!(back.status, 200, "{} {}", back.url, back.body);
+    assert_eq!(back.url, s.url("ehr.test", "/chart"));
+    assert_ne!(
+        b.cookie("ehr.test", "__Host-dermgate").unwrap(),
+        old_cookie,
+        "a new session"
+    );
+    // The old cookie stays dead.
+    let mut stale = s.browser();
+    stale.set_cookie("ehr.test", "__Host-dermgate", &old_cookie);
+    assert!(refused(&stale.get(&s.url("ehr.test", "/chart")).await));
     let r = s
         .api_client()
         .get(s.url("ehr.test", "/api/x"))
-        .header("cookie", b.cookie_header(&s.url("ehr.test", "/")))
+        .header("cookie", format!("__Host-dermgate={old_cookie}"))
         .send()
         .await
         .unwrap();

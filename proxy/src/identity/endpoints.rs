@@ -318,15 +318,36 @@ async fn login(
             None,
         );
     }
+    let ended = query_param(req.uri(), "ended").is_some_and(|v| v == "1");
     if host != id.cfg.session.auth_host {
+        let ended = if ended { "&ended=1" } else { "" };
         return out(redirect(
-            &format!("{}/.dermgate/login?rd={}", id.auth_base(port), enc(&rd)),
+            &format!(
+                "{}/.dermgate/login?rd={}{ended}",
+                id.auth_base(port),
+                enc(&rd)
+            ),
             &[],
         ));
     }
     // Already signed in here: hand the session on at once.
     if let Ok(Ok(s)) = id.session(req.headers(), None).await {
         return id.deliver(&rd, &s, Vec::new()).await;
+    }
+    // The session-ended page: why the clinician has to sign in again, and one
+    // button to do it (no automatic redirect, so the reason is read).
+    if ended {
+        let again = format!("{}/.dermgate/login?rd={}", id.auth_base(port), enc(&rd));
+        let idle = crate::alerts::human(id.cfg.session.idle);
+        let absolute = crate::alerts::human(id.cfg.session.absolute);
+        return msg(
+            StatusCode::OK,
+            "Your session has ended",
+            &format!(
+                "To protect patient information you are signed out after {idle} without activity, {absolute} after signing in, or when your session is ended from another place. Sign in again to continue where you were."
+            ),
+            Some((&again, "Sign in again")),
+        );
     }
     let (url, state) = match id.idp.begin(&rd, now()).await {
         Ok(x) => x,
