@@ -13,7 +13,7 @@ pub const POLICY: &str = r#"
 [[rule]]
 name = "clinicians-ehr"
 effect = "allow"
-routes = ["ehr", "api", "img"]
+routes = ["ehr", "api", "img", "kiosk"]
 groups = ["clinicians"]
 mfa_max_age = "12h"
 
@@ -199,6 +199,14 @@ upstreams = ["https://{up}"]
 upstream_ca = "{{ca}}"
 
 [[route]]
+name = "kiosk"
+host = "ehr.test"
+path = "/kiosk"
+upstreams = ["https://{up}"]
+upstream_ca = "{{ca}}"
+idle = "2s"
+
+[[route]]
 name = "vault"
 host = "ehr.test"
 path = "/vault"
@@ -267,6 +275,93 @@ async fn break_glass_by_a_signed_in_clinician_opens_the_route_and_raises_an_aler
     assert!(
         audit.contains("\"event\":\"break_glass_use\""),
         "each use is recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_idle_override_long_download_cut_and_cli_without_a_running_proxy() {
+    let mut s = Stack::start("").await;
+    let mut b = s.browser();
+    let page = s.login(&mut b, "mfa-doc", "mfa-doc-pass", "/chart").await;
+    assert_eq!(page.status, 200, "{}: {}", page.url, page.body);
+
+    // A route with a stricter idle timeout (2 s here) refuses an idle session
+    // while the rest of the practice keeps it (30 min).
+    assert_eq!(b.get(&s.url("ehr.test", "/kiosk/1")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let r = b.get(&s.url("ehr.test", "/kiosk/2")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.location().unwrap().contains("/.dermgate/login"));
+    assert_eq!(
+        b.get(&s.url("ehr.test", "/chart")).await.status,
+        200,
+        "still signed in elsewhere"
+    );
+
+    // A long download of a session that is revoked is cut within 5 s.
+    let url = s.url("ehr.test", "/big/download?bytes=1073741824");
+    let mut resp = s
+        .api_client()
+        .get(&url)
+        .header("cookie", b.cookie_header(&url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = 0u64;
+    while got < 4 << 20 {
+        got += resp.chunk().await.unwrap().unwrap().len() as u64;
+    }
+    let (code, out) = s.cli(&["sessions", "revoke", "--user", "mfa-doc"]);
+    assert_eq!(code, 0, "{out}");
+    let revoked_at = std::time::Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    got += c.len() as u64;
+                    // A slow home link: read, but not at full speed.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(None) | Err(_) => return got,
+            }
+        }
+    })
+    .await
+    .expect("the download of a revoked session was not cut");
+    assert!(cut < 1 << 30, "cut before the end: {cut} bytes");
+    assert!(
+        revoked_at.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+
+    // With no proxy running, the CLI opens the embedded store itself.
+    let mut b2 = s.browser();
+    assert_eq!(
+        s.login(&mut b2, "mfa-doc", "mfa-doc-pass", "/chart")
+            .await
+            .status,
+        200
+    );
+    let cookie = b2.cookie("ehr.test", "__Host-dermgate").unwrap();
+    let _ = s.proxy.child.kill();
+    let _ = s.proxy.child.wait();
+    let (code, out) = s.cli(&["sessions", "list", "--user", "mfa-doc", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("mfa-doc"), "{out}");
+    let (code, out) = s.cli(&["sessions", "revoke", "--user", "mfa-doc"]);
+    assert_eq!(code, 0, "{out}");
+    // The proxy comes back on the same store: the session revoked offline stays ended.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    s.proxy = Proxy::start(&s.certs, &text);
+    let mut again = s.browser();
+    again.set_cookie("ehr.test", "__Host-dermgate", &cookie);
+    let r = again.get(&s.url("ehr.test", "/chart")).await;
+    assert_eq!(
+        r.status, 303,
+        "revoked while the proxy was down: {}",
+        r.body
     );
 }
 
