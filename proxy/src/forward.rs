@@ -22,15 +22,16 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 
 use crate::config::{RouteConfig, Timeouts};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::tls::{self, TlsError};
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// Idle connections kept per endpoint.
+const MAX_IDLE: usize = 1024;
 
 /// Errors of bodies in flight.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -329,6 +330,9 @@ pub struct ResponseBody {
     on_complete: Option<OnComplete>,
     hash: Option<aws_lc_rs::digest::Context>,
     cut: Option<Arc<crate::identity::streams::StreamFlag>>,
+    /// The upstream connection, back to its pool once this body has ended.
+    release: Option<(Arc<IdleConns>, http1::SendRequest<RequestBody>)>,
+    ended: bool,
 }
 
 /// The stream was cut because its session ended.
@@ -357,6 +361,13 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // A connection whose response was read to the end is reused; one
+        // abandoned half-way is closed (its remaining bytes are not ours).
+        if let Some((idle, sender)) = self.release.take()
+            && (self.ended || self.inner.is_end_stream())
+        {
+            idle.put(sender);
+        }
         self.metrics.bytes(0, self.bytes);
         if let Some(f) = self.on_complete.take() {
             let sha = self.hash.take().map(|h| hex_of(h.finish().as_ref()));
@@ -382,6 +393,9 @@ impl Body for ResponseBody {
         let polled = Pin::new(&mut self.inner)
             .poll_frame(cx)
             .map_err(|e| Box::new(e) as Self::Error);
+        if let Poll::Ready(None) = &polled {
+            self.ended = true;
+        }
         if let Poll::Ready(Some(Ok(f))) = &polled
             && let Some(d) = f.data_ref()
         {
@@ -406,6 +420,9 @@ impl Body for ResponseBody {
 pub struct Endpoint {
     scheme: Scheme,
     authority: Authority,
+    /// Where to connect, and how (TLS with its server name, or plaintext).
+    dial: Dial,
+    idle: Arc<IdleConns>,
     healthy: AtomicBool,
     /// Consecutive active-check failures.
     fails: AtomicU32,
@@ -425,9 +442,43 @@ impl Endpoint {
     }
 }
 
+/// How to reach an endpoint.
+enum Dial {
+    Plain,
+    Tls(tokio_rustls::TlsConnector, ServerName<'static>),
+}
+
+/// Idle HTTP/1.1 connections to one endpoint. The lock is held for a push or
+/// a pop, never across an await.
+#[derive(Default)]
+pub struct IdleConns {
+    conns: std::sync::Mutex<Vec<(Instant, http1::SendRequest<RequestBody>)>>,
+}
+
+impl IdleConns {
+    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut v = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < MAX_IDLE {
+            v.push((Instant::now(), sender));
+        }
+    }
+
+    fn take(&self, max_idle: Duration) -> Option<http1::SendRequest<RequestBody>> {
+        let mut v = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((since, sender)) = v.pop() {
+            if !sender.is_closed() && since.elapsed() < max_idle {
+                return Some(sender);
+            }
+        }
+        None
+    }
+}
+
 /// The upstream endpoints of one route and their connection pool.
 pub struct UpstreamPool {
-    client: Client<Connector, RequestBody>,
     endpoints: Box<[Endpoint]>,
     next: AtomicUsize,
     timeouts: Timeouts,
@@ -486,32 +537,33 @@ impl UpstreamPool {
             Some(ca) => tls::load_roots(ca)?,
             None => rustls::RootCertStore::empty(),
         };
-        let tls_cfg = tls::upstream_client_config(roots)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(route.timeouts.connect));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_cfg);
-        let connector = if route.allow_plaintext {
-            builder.https_or_http().enable_http1().wrap_connector(http)
-        } else {
-            builder.https_only().enable_http1().wrap_connector(http)
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(route.timeouts.idle)
-            .set_host(false)
-            .build(connector);
+        let mut tls_cfg = tls::upstream_client_config(roots)?;
+        tls_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_cfg));
         let endpoints = route
             .upstreams
             .iter()
             .filter_map(|u| {
                 let (scheme, authority) = (u.uri.scheme()?.clone(), u.uri.authority()?.clone());
+                let dial = if scheme == Scheme::HTTPS {
+                    let host = authority
+                        .host()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']');
+                    let name = ServerName::try_from(host.to_string()).ok()?;
+                    Dial::Tls(connector.clone(), name)
+                } else if route.allow_plaintext {
+                    Dial::Plain
+                } else {
+                    return None;
+                };
                 let gauge = metrics.upstream_gauge(&route.name, &format!("{scheme}://{authority}"));
                 gauge.store(1, Ordering::Relaxed);
                 Some(Endpoint {
                     scheme,
                     authority,
+                    dial,
+                    idle: Arc::default(),
                     healthy: AtomicBool::new(true),
                     fails: AtomicU32::new(0),
                     down_until_ms: AtomicU64::new(0),
@@ -520,7 +572,6 @@ impl UpstreamPool {
             })
             .collect();
         Ok(Self {
-            client,
             endpoints,
             next: AtomicUsize::new(0),
             timeouts: route.timeouts,
@@ -612,13 +663,9 @@ impl UpstreamPool {
                 std::mem::take(&mut parts.headers)
             };
             *req.version_mut() = http::Version::HTTP_11;
-            *req.uri_mut() = Uri::builder()
-                .scheme(ep.scheme.clone())
-                .authority(ep.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|e| ForwardError::Protocol(e.to_string()))?;
-            match self.request(req, body_sent).await {
+            // Origin form on the wire; `Host` is among the headers already.
+            *req.uri_mut() = Uri::from(path_and_query.clone());
+            match self.request(ep, req, body_sent).await {
                 Err(e @ (ForwardError::Connect(_) | ForwardError::Tls(_))) => {
                     self.mark_failed(i);
                     if retryable && tried.len() < self.endpoints.len() {
@@ -637,7 +684,10 @@ impl UpstreamPool {
                     continue;
                 }
                 other => {
-                    return other.map(|resp| {
+                    return other.map(|(resp, sender)| {
+                        // A switched protocol keeps its connection; others go back when read.
+                        let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                        let release = Some((ep.idle.clone(), sender)).filter(|_| reusable);
                         resp.map(|inner| ResponseBody {
                             inner,
                             bytes: 0,
@@ -645,6 +695,8 @@ impl UpstreamPool {
                             on_complete: None,
                             hash: None,
                             cut: None,
+                            release,
+                            ended: false,
                         })
                     });
                 }
@@ -654,9 +706,10 @@ impl UpstreamPool {
 
     async fn request(
         &self,
+        ep: &Endpoint,
         req: Request<RequestBody>,
         body_sent: tokio::sync::oneshot::Receiver<()>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<(Response<Incoming>, http1::SendRequest<RequestBody>), ForwardError> {
         // The response head must arrive within `header` of the request's last byte.
         let header_timeout = self.timeouts.header;
         let deadline = async move {
@@ -667,16 +720,68 @@ impl UpstreamPool {
                 std::future::pending::<()>().await;
             }
         };
+        let exchange = async {
+            let mut req = req;
+            // An idle connection first. One the upstream closed meanwhile hands
+            // the request back unsent, and it goes on a new connection.
+            while let Some(mut sender) = ep.idle.take(self.timeouts.idle) {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(classify(&e.into_error())),
+                    },
+                }
+            }
+            let mut sender = self.connect(ep).await?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp, sender)),
+                Err(e) => Err(classify(&e.into_error())),
+            }
+        };
         tokio::select! {
             () = deadline => Err(ForwardError::Timeout),
-            result = self.client.request(req) => match result {
-                Ok(resp) => Ok(resp),
-                Err(e) if e.is_connect() && is_tls_failure(&e) => Err(ForwardError::Tls(error_chain(&e))),
-                Err(e) if e.is_connect() => Err(ForwardError::Connect(error_chain(&e))),
-                Err(e) if find_source::<BodyTooLarge>(&e) => Err(ForwardError::TooLarge),
-                Err(e) if find_source::<DigestMismatch>(&e) => Err(ForwardError::DigestMismatch),
-                Err(e) => Err(ForwardError::Protocol(error_chain(&e))),
-            },
+            result = exchange => result,
+        }
+    }
+
+    /// A new HTTP/1.1 connection to `ep` (TCP, then TLS 1.3 where the
+    /// endpoint is https), its connection task spawned.
+    async fn connect(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<http1::SendRequest<RequestBody>, ForwardError> {
+        let port = ep.authority.port_u16().unwrap_or(match ep.dial {
+            Dial::Tls(..) => 443,
+            Dial::Plain => 80,
+        });
+        let host = ep.authority.host();
+        let tcp = tokio::time::timeout(
+            self.timeouts.connect,
+            tokio::net::TcpStream::connect((
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            )),
+        )
+        .await
+        .map_err(|_| ForwardError::Connect("connect timed out".into()))?
+        .map_err(|e| ForwardError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        match &ep.dial {
+            Dial::Plain => handshake(tcp).await,
+            Dial::Tls(connector, name) => {
+                let tls = tokio::time::timeout(
+                    self.timeouts.connect,
+                    connector.connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| ForwardError::Tls("TLS handshake timed out".into()))?
+                .map_err(|e| ForwardError::Tls(error_chain(&e)))?;
+                handshake(tls).await
+            }
         }
     }
 
@@ -687,24 +792,29 @@ impl UpstreamPool {
             return;
         };
         for ep in self.endpoints.iter() {
-            let Ok(uri) = Uri::builder()
-                .scheme(ep.scheme.clone())
-                .authority(ep.authority.clone())
-                .path_and_query(path.clone())
-                .build()
-            else {
-                continue;
-            };
-            let (body, _sent) = RequestBody::new(Inbound::Empty, None, self.metrics.clone(), None);
+            let (body, sent) = RequestBody::new(Inbound::Empty, None, self.metrics.clone(), None);
             let mut req = Request::new(body);
-            *req.uri_mut() = uri;
+            *req.uri_mut() = Uri::from(path.clone());
             if let Ok(host) = HeaderValue::from_str(ep.authority.host()) {
                 req.headers_mut().insert(header::HOST, host);
             }
-            let ok = matches!(
-                tokio::time::timeout(self.timeouts.connect + self.timeouts.header, self.client.request(req)).await,
-                Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()
-            );
+            let limit = self.timeouts.connect + self.timeouts.header;
+            let ok = tokio::time::timeout(limit, async {
+                let (resp, sender) = self.request(ep, req, sent).await.ok()?;
+                let good = resp.status().is_success() || resp.status().is_redirection();
+                // Read the (small) answer so the connection can serve requests again.
+                if http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .is_ok()
+                {
+                    ep.idle.put(sender);
+                }
+                Some(good)
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false);
             let was = ep.healthy.load(Ordering::Relaxed);
             if ok {
                 ep.fails.store(0, Ordering::Relaxed);
@@ -748,24 +858,32 @@ fn find_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'sta
     false
 }
 
-/// True when a TLS error (rustls) is somewhere in `e`'s chain, including
-/// inside an `io::Error` (whose `source()` skips the error it wraps).
-fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<rustls::Error>() {
-            return true;
+/// The HTTP/1.1 client handshake over `io`; the connection runs on its own task.
+async fn handshake<T>(io: T) -> Result<http1::SendRequest<RequestBody>, ForwardError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ForwardError::Protocol(error_chain(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %error_chain(&e), "upstream connection ended with an error");
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>() || is_tls_failure(inner))
-        {
-            return true;
-        }
-        cur = err.source();
+    });
+    Ok(sender)
+}
+
+/// What a failed exchange on an open connection means.
+fn classify(e: &hyper::Error) -> ForwardError {
+    if find_source::<BodyTooLarge>(e) {
+        ForwardError::TooLarge
+    } else if find_source::<DigestMismatch>(e) {
+        ForwardError::DigestMismatch
+    } else {
+        ForwardError::Protocol(error_chain(e))
     }
-    false
 }
 
 /// An error and its sources, joined for a log line.
