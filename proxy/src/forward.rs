@@ -448,28 +448,44 @@ enum Dial {
     Tls(tokio_rustls::TlsConnector, ServerName<'static>),
 }
 
-/// Idle HTTP/1.1 connections to one endpoint. The lock is held for a push or
-/// a pop, never across an await.
-#[derive(Default)]
+/// Idle HTTP/1.1 connections to one endpoint, newest last (reused first, so
+/// the oldest age out). The lock is held for a push or a pop, never across an
+/// await.
 pub struct IdleConns {
-    conns: std::sync::Mutex<Vec<(Instant, http1::SendRequest<RequestBody>)>>,
+    conns: std::sync::Mutex<std::collections::VecDeque<(Instant, http1::SendRequest<RequestBody>)>>,
+    /// Connections idle longer than this are closed (`timeouts.idle`).
+    max_idle: Duration,
 }
 
 impl IdleConns {
+    fn new(max_idle: Duration) -> Self {
+        Self {
+            conns: std::sync::Mutex::default(),
+            max_idle,
+        }
+    }
+
     fn put(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
         let mut v = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest ones age out here, so a quiet pool does not hold dead sockets.
+        while v
+            .front()
+            .is_some_and(|(since, s)| s.is_closed() || since.elapsed() >= self.max_idle)
+        {
+            v.pop_front();
+        }
         if v.len() < MAX_IDLE {
-            v.push((Instant::now(), sender));
+            v.push_back((Instant::now(), sender));
         }
     }
 
-    fn take(&self, max_idle: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    fn take(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut v = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((since, sender)) = v.pop() {
-            if !sender.is_closed() && since.elapsed() < max_idle {
+        while let Some((since, sender)) = v.pop_back() {
+            if !sender.is_closed() && since.elapsed() < self.max_idle {
                 return Some(sender);
             }
         }
@@ -563,7 +579,7 @@ impl UpstreamPool {
                     scheme,
                     authority,
                     dial,
-                    idle: Arc::default(),
+                    idle: Arc::new(IdleConns::new(route.timeouts.idle)),
                     healthy: AtomicBool::new(true),
                     fails: AtomicU32::new(0),
                     down_until_ms: AtomicU64::new(0),
@@ -724,7 +740,7 @@ impl UpstreamPool {
             let mut req = req;
             // An idle connection first. One the upstream closed meanwhile hands
             // the request back unsent, and it goes on a new connection.
-            while let Some(mut sender) = ep.idle.take(self.timeouts.idle) {
+            while let Some(mut sender) = ep.idle.take() {
                 if sender.ready().await.is_err() {
                     continue;
                 }
