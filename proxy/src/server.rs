@@ -20,7 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::limits::ConnectionLimiter;
 use crate::pipeline::{self, ConnInfo, Proto, Shared};
 use crate::proxy_protocol;
 use crate::tls::{self, CertResolver, CertStore, TlsError};
@@ -67,17 +66,116 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// One TCP listener per worker: the first bound as configured, the others on
+/// the same address with `SO_REUSEPORT`, so the kernel spreads connections
+/// over the workers.
+fn tcp_listeners(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    let first = reuse_port_listener(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let local = first
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        match reuse_port_listener(local) {
+            Ok(l) => all.push(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SO_REUSEPORT listener; fewer TCP workers");
+                break;
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    #[cfg(unix)]
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// How many TCP workers: `TOKIO_WORKER_THREADS` when set, else the cores.
+fn tcp_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+}
+
+/// What every TCP worker needs.
+#[derive(Clone)]
+struct Worker {
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    cfg: Arc<Config>,
+}
+
+impl Worker {
+    /// Accepts connections on `listener` and serves them on this thread's
+    /// runtime, until `stop` says so.
+    async fn accept_loop(
+        self,
+        listener: std::net::TcpListener,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "TCP listener could not be registered");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => {
+                    match accepted {
+                        Ok((tcp, peer)) => {
+                            let Some(slot) = self.shared.conn_limiter.acquire(peer.ip()) else {
+                                self.shared.metrics.refused("connection_limit");
+                                tracing::debug!(src = %peer.ip(), "connection limit reached");
+                                continue;
+                            };
+                            let _ = tcp.set_nodelay(true);
+                            let w = self.clone();
+                            tokio::spawn(async move {
+                                connection(w.acceptor, w.shared, w.cfg, tcp, peer).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A bound, not yet running proxy.
 pub struct Proxy {
     cfg: Arc<Config>,
-    listener: TcpListener,
+    /// One per TCP worker (see [`tcp_listeners`]).
+    listeners: Vec<std::net::TcpListener>,
     admin: Option<TcpListener>,
     redirect: Option<TcpListener>,
     quic: Option<quinn::Endpoint>,
     acceptor: TlsAcceptor,
     resolver: Arc<CertResolver>,
     shared: Arc<Shared>,
-    conn_limiter: Arc<ConnectionLimiter>,
 }
 
 impl Proxy {
@@ -85,11 +183,14 @@ impl Proxy {
     pub async fn bind(cfg: &Config) -> Result<Self, ServeError> {
         let resolver = Arc::new(CertResolver::new(CertStore::load(&cfg.tls)?));
         let server_cfg = tls::server_config_with(resolver.clone(), tls::ALPN_TCP)?;
-        let listener = bind(cfg.listen.addr).await?;
-        let local = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: cfg.listen.addr,
-            source,
-        })?;
+        let listeners = tcp_listeners(cfg.listen.addr, tcp_workers())?;
+        let local = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .ok_or_else(|| ServeError::Bind {
+                addr: cfg.listen.addr,
+                source: std::io::Error::other("no listener"),
+            })?;
         let quic = crate::h3::endpoint(
             resolver.clone(),
             SocketAddr::new(local.ip(), local.port()),
@@ -123,20 +224,19 @@ impl Proxy {
         );
         Ok(Self {
             cfg: Arc::new(cfg.clone()),
-            listener,
+            listeners,
             admin,
             redirect,
             quic,
             acceptor: TlsAcceptor::from(server_cfg),
             resolver,
-            conn_limiter: Arc::new(ConnectionLimiter::new(cfg.limits.connections_per_source)),
             shared,
         })
     }
 
     /// The bound TCP address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
+        self.listeners.first().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound admin address.
@@ -161,7 +261,11 @@ impl Proxy {
             tasks.spawn(crate::admin::serve(l, self.shared.clone()));
         }
         if let Some(l) = self.redirect {
-            let port = self.listener.local_addr().map_or(443, |a| a.port());
+            let port = self
+                .listeners
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .map_or(443, |a| a.port());
             tasks.spawn(crate::admin::serve_redirect(l, self.shared.clone(), port));
         }
         if let Some(ep) = self.quic.clone() {
@@ -171,36 +275,38 @@ impl Proxy {
         tasks.spawn(watch_expiry(self.cfg.clone(), self.shared.clone()));
         tasks.spawn(crate::health::run(self.shared.clone()));
         tasks.spawn(crate::policy::watch(self.shared.clone()));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => {
-                    match accepted {
-                        Ok((tcp, peer)) => {
-                            let Some(slot) = self.conn_limiter.acquire(peer.ip()) else {
-                                self.shared.metrics.refused("connection_limit");
-                                tracing::debug!(src = %peer.ip(), "connection limit reached");
-                                continue;
-                            };
-                            let _ = tcp.set_nodelay(true);
-                            let acceptor = self.acceptor.clone();
-                            let shared = self.shared.clone();
-                            let cfg = self.cfg.clone();
-                            tokio::spawn(async move {
-                                connection(acceptor, shared, cfg, tcp, peer).await;
-                                drop(slot);
-                            });
-                        }
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, keep serving.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+        // Each TCP worker runs its own single-threaded runtime: a connection,
+        // its requests and its upstream connections stay on one core (no
+        // cross-thread wake-ups); the kernel spreads connections (SO_REUSEPORT).
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let worker = Worker {
+            acceptor: self.acceptor.clone(),
+            shared: self.shared.clone(),
+            cfg: self.cfg.clone(),
+        };
+        for (i, listener) in self.listeners.into_iter().enumerate() {
+            let (w, stop) = (worker.clone(), stop_rx.clone());
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let started = std::thread::Builder::new()
+                        .name(format!("dermgate-tcp-{i}"))
+                        .spawn(move || rt.block_on(w.accept_loop(listener, stop)));
+                    if let Err(e) = started {
+                        tracing::error!(error = %e, "TCP worker thread could not start");
                     }
+                }
+                // No runtime of its own: this listener is served by the main one.
+                Err(e) => {
+                    tracing::warn!(error = %e, "TCP worker runtime could not start; using the shared one");
+                    tasks.spawn(w.accept_loop(listener, stop));
                 }
             }
         }
+        shutdown.await;
+        let _ = stop_tx.send(true);
         if let Some(ep) = self.quic {
             ep.close(0u32.into(), b"shutting down");
         }
