@@ -111,6 +111,8 @@ pub struct Alerts {
     audit: Option<Audit>,
     raised: [AtomicU64; KINDS.len()],
     webhook_failures: AtomicU64,
+    /// Alerts held back because too many distinct subjects raised them at once.
+    suppressed: AtomicU64,
     webhook: Option<tokio::sync::mpsc::Sender<Alert>>,
     export: Mutex<Counters>,
     mfa: Mutex<Counters>,
@@ -120,7 +122,7 @@ pub struct Alerts {
 impl std::fmt::Debug for Alerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Alerts")
-            .field("webhook", &self.cfg.webhook)
+            .field("webhook", &self.cfg.webhook.is_some())
             .finish()
     }
 }
@@ -142,6 +144,7 @@ impl Alerts {
             audit,
             raised: std::array::from_fn(|_| AtomicU64::new(0)),
             webhook_failures: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
             webhook: None,
             export: Mutex::default(),
             mfa: Mutex::default(),
@@ -236,6 +239,11 @@ impl Alerts {
             }
             if q.len() >= MAX_TRACKED {
                 q.retain(|_, t| now.duration_since(*t) < QUIET);
+                // Still full: a flood of distinct subjects. Count it, do not grow.
+                if q.len() >= MAX_TRACKED {
+                    self.suppressed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
             q.insert(key, now);
         }
@@ -388,6 +396,11 @@ impl Alerts {
             "# HELP dermgate_alert_webhook_failures_total Alerts the webhook could not deliver.\n# TYPE dermgate_alert_webhook_failures_total counter\ndermgate_alert_webhook_failures_total {}",
             self.webhook_failures.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP dermgate_alerts_suppressed_total Alerts held back during a flood of distinct subjects.\n# TYPE dermgate_alerts_suppressed_total counter\ndermgate_alerts_suppressed_total {}",
+            self.suppressed.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -441,7 +454,13 @@ impl Webhook {
                 sub: a.sub.as_deref(),
                 src: a.src.as_deref(),
                 route: a.route.as_deref(),
-                detail: &a.detail,
+                // A break-the-glass justification is free text that may name a
+                // patient: it stays in the audit trail, not with a third party.
+                detail: if a.kind == "break_glass" {
+                    "break-the-glass elevation opened; the justification is in the audit trail"
+                } else {
+                    &a.detail
+                },
             };
             let Ok(body) = serde_json::to_vec(&payload) else {
                 continue;
@@ -470,7 +489,8 @@ impl Webhook {
                         "alert webhook refused the alert; retrying"
                     ),
                     Err(e) => {
-                        tracing::warn!(error = %crate::forward::error_chain(&e), attempt, "alert webhook unreachable; retrying")
+                        // Without the URL: a webhook's path may be its secret.
+                        tracing::warn!(error = %crate::forward::error_chain(&e.without_url()), attempt, "alert webhook unreachable; retrying")
                     }
                 }
                 if attempt < WEBHOOK_ATTEMPTS {

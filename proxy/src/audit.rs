@@ -449,8 +449,48 @@ pub struct Outputs {
     pub syslog: Option<crate::syslog::Syslog>,
 }
 
+/// The stdout copy's own thread: a slow pipe or journald never stalls the
+/// writer (and so never the requests waiting on it); batches that do not fit
+/// the queue are dropped from the copy and counted, the file keeps them.
+struct StdoutCopy {
+    tx: mpsc::SyncSender<Vec<u8>>,
+    dropped: u64,
+}
+
+impl StdoutCopy {
+    /// Committed batches held while stdout is slow.
+    const QUEUE: usize = 1024;
+
+    fn start() -> Option<Self> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(Self::QUEUE);
+        std::thread::Builder::new()
+            .name("dermgate-audit-stdout".into())
+            .spawn(move || {
+                for batch in rx {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&batch).and_then(|()| out.flush());
+                }
+            })
+            .ok()?;
+        Some(Self { tx, dropped: 0 })
+    }
+
+    fn send(&mut self, buf: &[u8]) {
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(buf.to_vec()) {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "stdout is not keeping up: audit batches left out of the stdout copy (the file has them)"
+                );
+            }
+        }
+    }
+}
+
 struct Writer {
     outputs: Outputs,
+    stdout: Option<StdoutCopy>,
     current: PathBuf,
     file: File,
     /// Length of the file at the last successful commit.
@@ -499,7 +539,13 @@ impl Writer {
             .open(current)
             .map_err(io_err(current))?;
         let committed = file.metadata().map_err(io_err(current))?.len();
+        let stdout = if outputs.stdout {
+            StdoutCopy::start()
+        } else {
+            None
+        };
         Ok(Self {
+            stdout,
             outputs,
             current: current.to_path_buf(),
             file,
@@ -574,10 +620,9 @@ impl Writer {
 
     /// Copies committed lines to stdout and syslog (after the fsync: nothing
     /// is reported elsewhere that the file does not hold).
-    fn copy_out(&self, buf: &[u8]) {
-        if self.outputs.stdout {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(buf).and_then(|()| out.flush());
+    fn copy_out(&mut self, buf: &[u8]) {
+        if let Some(s) = self.stdout.as_mut() {
+            s.send(buf);
         }
         if let Some(s) = &self.outputs.syslog {
             for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {

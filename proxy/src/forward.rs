@@ -242,6 +242,8 @@ pub struct BodyTooLarge;
 pub struct RequestBody {
     inner: Inbound,
     sent: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set once the whole body has gone upstream (`None`: there was none).
+    done: Option<Arc<AtomicBool>>,
     bytes: u64,
     max: u64,
     metrics: Arc<RouteMetrics>,
@@ -256,9 +258,11 @@ impl RequestBody {
         counter: Option<Arc<AtomicU64>>,
     ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let done = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         let mut body = Self {
             inner,
             sent: Some(tx),
+            done,
             bytes: 0,
             max: max.unwrap_or(u64::MAX),
             metrics,
@@ -273,6 +277,9 @@ impl RequestBody {
     fn finish(&mut self) {
         if let Some(tx) = self.sent.take() {
             let _ = tx.send(());
+        }
+        if let Some(d) = &self.done {
+            d.store(true, Ordering::Release);
         }
     }
 }
@@ -330,9 +337,18 @@ pub struct ResponseBody {
     on_complete: Option<OnComplete>,
     hash: Option<aws_lc_rs::digest::Context>,
     cut: Option<Arc<crate::identity::streams::StreamFlag>>,
-    /// The upstream connection, back to its pool once this body has ended.
-    release: Option<(Arc<IdleConns>, http1::SendRequest<RequestBody>)>,
+    /// The upstream connection, back to its pool once this body has ended
+    /// and the request's own body has gone (an upstream may answer before an
+    /// upload ends; the connection is not free until it has).
+    release: Option<Release>,
     ended: bool,
+}
+
+/// A pooled connection waiting for its exchange to end.
+struct Release {
+    idle: Arc<IdleConns>,
+    sender: http1::SendRequest<RequestBody>,
+    request_done: Option<Arc<AtomicBool>>,
 }
 
 /// The stream was cut because its session ended.
@@ -363,10 +379,13 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         // A connection whose response was read to the end is reused; one
         // abandoned half-way is closed (its remaining bytes are not ours).
-        if let Some((idle, sender)) = self.release.take()
+        if let Some(r) = self.release.take()
             && (self.ended || self.inner.is_end_stream())
+            && r.request_done
+                .as_ref()
+                .is_none_or(|d| d.load(Ordering::Acquire))
         {
-            idle.put(sender);
+            r.idle.put(r.sender);
         }
         self.metrics.bytes(0, self.bytes);
         if let Some(f) = self.on_complete.take() {
@@ -566,7 +585,10 @@ impl UpstreamPool {
                         .host()
                         .trim_start_matches('[')
                         .trim_end_matches(']');
-                    let name = ServerName::try_from(host.to_string()).ok()?;
+                    let Ok(name) = ServerName::try_from(host.to_string()) else {
+                        tracing::warn!(route = %route.name, upstream = %u.uri, "upstream host is not a usable TLS server name; endpoint left out");
+                        return None;
+                    };
                     Dial::Tls(connector.clone(), name)
                 } else if route.allow_plaintext {
                     Dial::Plain
@@ -671,6 +693,7 @@ impl UpstreamPool {
                 self.metrics.clone(),
                 bytes_in.clone(),
             );
+            let request_done = rb.done.clone();
             let mut req = Request::new(rb);
             *req.method_mut() = parts.method.clone();
             *req.headers_mut() = if retryable {
@@ -703,7 +726,11 @@ impl UpstreamPool {
                     return other.map(|(resp, sender)| {
                         // A switched protocol keeps its connection; others go back when read.
                         let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                        let release = Some((ep.idle.clone(), sender)).filter(|_| reusable);
+                        let release = reusable.then(|| Release {
+                            idle: ep.idle.clone(),
+                            sender,
+                            request_done,
+                        });
                         resp.map(|inner| ResponseBody {
                             inner,
                             bytes: 0,

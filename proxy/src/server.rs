@@ -73,6 +73,11 @@ fn tcp_listeners(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    // SO_REUSEPORT would let a second dermgate (an old one still running, say)
+    // share the port without a word: first make sure nobody listens there.
+    if addr.port() != 0 {
+        probe_free(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    }
     let first = reuse_port_listener(addr).map_err(|source| ServeError::Bind { addr, source })?;
     let local = first
         .local_addr()
@@ -88,6 +93,16 @@ fn tcp_listeners(
         }
     }
     Ok(all)
+}
+
+/// Binds (and releases) `addr` without SO_REUSEPORT: fails with "address in
+/// use" while any other socket listens there.
+fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Connections of an earlier run in TIME_WAIT are no obstacle.
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())
 }
 
 fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -410,13 +425,20 @@ async fn connection(
                 _ => None,
             };
             if let Some(kind) = kind {
+                // One alert per kind per quiet period, whatever the address:
+                // a scanner's many addresses cannot flood the trail or the receiver.
                 shared.alerts.raise(crate::alerts::Alert {
                     kind,
-                    src: Some(client.ip().to_string()),
                     detail: if kind == "plaintext_refused" {
-                        "a client spoke plaintext to the TLS port; refused".into()
+                        format!(
+                            "a client ({}) spoke plaintext to the TLS port; refused",
+                            client.ip()
+                        )
                     } else {
-                        "a client offered only TLS 1.2 or older; refused (TLS 1.3 only)".into()
+                        format!(
+                            "a client ({}) offered only TLS 1.2 or older; refused (TLS 1.3 only)",
+                            client.ip()
+                        )
                     },
                     ..Default::default()
                 });

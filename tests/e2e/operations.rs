@@ -1057,3 +1057,56 @@ async fn redirector_answers_308_for_known_hosts_only_and_never_forwards() {
     // Plain HTTP is never proxied.
     assert!(up.seen().is_empty(), "{:?}", up.seen());
 }
+
+// ------------------------------------------------------ one proxy per port
+
+/// The TCP workers share their port through SO_REUSEPORT; a second dermgate
+/// (an old one still running, say) must not silently take a share of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_proxy_on_the_same_port_is_refused() {
+    let certs = Certs::new();
+    let up = Upstream::start(&certs).await;
+    let port = crate::common::idp::free_port();
+    let cfg = public_config(up.addr, "").replace(
+        "addr = \"127.0.0.1:0\"",
+        &format!("addr = \"127.0.0.1:{port}\""),
+    );
+    let first = Proxy::start(&certs, &cfg);
+    assert_eq!(first.addr.port(), port);
+    let path = first.dir.path().join("dermgate.toml");
+    let mut second = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second proxy started serving on a port already in use");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+    // The first one still serves every request.
+    let mut h2 = h2_client(first.addr, &certs.ca()).await;
+    for i in 0..20 {
+        let resp = h2
+            .send_request(
+                Request::get(format!("https://localhost/still/{i}"))
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}
