@@ -467,28 +467,50 @@ enum Dial {
     Tls(tokio_rustls::TlsConnector, ServerName<'static>),
 }
 
-/// Idle HTTP/1.1 connections to one endpoint, newest last (reused first, so
-/// the oldest age out). The lock is held for a push or a pop, never across an
-/// await.
+thread_local! {
+    /// The TCP worker this thread is (0: the main runtime). Idle upstream
+    /// connections are kept per worker: a connection's task runs on the
+    /// worker that opened it, so its requests stay there too.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as TCP worker `n` (1-based; see `server::Worker`).
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n));
+}
+
+type IdleList = std::collections::VecDeque<(Instant, http1::SendRequest<RequestBody>)>;
+
+/// Idle HTTP/1.1 connections to one endpoint, one list per worker, newest
+/// last (reused first, so the oldest age out). A worker only touches its own
+/// list, and the lock is held for a push or a pop, never across an await.
 pub struct IdleConns {
-    conns: std::sync::Mutex<std::collections::VecDeque<(Instant, http1::SendRequest<RequestBody>)>>,
+    lists: Box<[std::sync::Mutex<IdleList>]>,
     /// Connections idle longer than this are closed (`timeouts.idle`).
     max_idle: Duration,
 }
 
 impl IdleConns {
-    fn new(max_idle: Duration) -> Self {
+    fn new(max_idle: Duration, workers: usize) -> Self {
         Self {
-            conns: std::sync::Mutex::default(),
+            lists: (0..=workers).map(|_| std::sync::Mutex::default()).collect(),
             max_idle,
         }
+    }
+
+    /// This worker's list (`lists` is never empty).
+    fn mine(&self) -> Option<std::sync::MutexGuard<'_, IdleList>> {
+        let i = WORKER.with(std::cell::Cell::get) % self.lists.len().max(1);
+        self.lists
+            .get(i)
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn put(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
-        let mut v = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut v) = self.mine() else { return };
         // The oldest ones age out here, so a quiet pool does not hold dead sockets.
         while v
             .front()
@@ -502,7 +524,7 @@ impl IdleConns {
     }
 
     fn take(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut v = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = self.mine()?;
         while let Some((since, sender)) = v.pop_back() {
             if !sender.is_closed() && since.elapsed() < self.max_idle {
                 return Some(sender);
@@ -601,7 +623,10 @@ impl UpstreamPool {
                     scheme,
                     authority,
                     dial,
-                    idle: Arc::new(IdleConns::new(route.timeouts.idle)),
+                    idle: Arc::new(IdleConns::new(
+                        route.timeouts.idle,
+                        crate::server::tcp_workers(),
+                    )),
                     healthy: AtomicBool::new(true),
                     fails: AtomicU32::new(0),
                     down_until_ms: AtomicU64::new(0),

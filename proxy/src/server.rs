@@ -118,7 +118,7 @@ fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListene
 }
 
 /// How many TCP workers: `TOKIO_WORKER_THREADS` when set, else the cores.
-fn tcp_workers() -> usize {
+pub fn tcp_workers() -> usize {
     std::env::var("TOKIO_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -308,7 +308,10 @@ impl Proxy {
                 Ok(rt) => {
                     let started = std::thread::Builder::new()
                         .name(format!("dermgate-tcp-{i}"))
-                        .spawn(move || rt.block_on(w.accept_loop(listener, stop)));
+                        .spawn(move || {
+                            crate::forward::set_worker(i + 1);
+                            rt.block_on(w.accept_loop(listener, stop))
+                        });
                     if let Err(e) = started {
                         tracing::error!(error = %e, "TCP worker thread could not start");
                     }
