@@ -1490,21 +1490,10 @@ fn kpi(label: &str, value: &str, sub: &str, bad: bool) -> String {
     )
 }
 
-/// HTML text escaping (justifications and paths are user input).
+/// HTML text escaping (justifications and paths are user input), with
+/// control characters shown escaped as in the terminal table.
 fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c if c.is_control() => out.extend(c.escape_default()),
-            c => out.push(c),
-        }
-    }
-    out
+    dermgate_proxy::pages::escape(&crate::audit_read::clean(s))
 }
 
 const CSS: &str = r#"@page { size: A4; margin: 9mm 10mm 9mm; }
