@@ -525,7 +525,7 @@ async fn decide_and_forward(
 /// The client address policy sees: the connection's, or — behind a trusted
 /// proxy that does not speak PROXY protocol — the last untrusted hop of
 /// `X-Forwarded-For`.
-fn client_address(shared: &Shared, conn: &ConnInfo, req: &Request<Inbound>) -> IpAddr {
+pub(crate) fn client_address(shared: &Shared, conn: &ConnInfo, req: &Request<Inbound>) -> IpAddr {
     if shared.listen.trusted_proxies.is_empty() || shared.listen.proxy_protocol {
         return conn.client;
     }

@@ -667,6 +667,8 @@ async fn mfa(
     host: &str,
     port: &str,
 ) -> Response<ProxyBody> {
+    // The client behind a trusted balancer, for the per-address failure count.
+    let client = crate::pipeline::client_address(shared, conn, &req);
     let is_post = req.method() == Method::POST;
     if is_post && !same_origin(req.headers(), host) {
         audit(
@@ -791,7 +793,7 @@ async fn mfa(
                 Some(why.into()),
                 false,
             );
-            shared.alerts.mfa_failed(&sub, &conn.client.to_string());
+            shared.alerts.mfa_failed(&sub, &client.to_string());
             page(
                 StatusCode::UNAUTHORIZED,
                 Some(if verdict == Verdict::Replayed {
