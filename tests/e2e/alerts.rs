@@ -587,54 +587,17 @@ async fn a_full_disk_under_the_audit_trail_refuses_phi_routes_raises_an_alert_an
     let up = Upstream::start(&certs).await;
     let (hook_addr, hooks, _) = webhook_receiver(&certs).await;
     let dir = TempDir::new("diskfull");
-    let disk = Tmpfs::mount(&dir.path().join("disk"), "512k");
-    let trail = disk.0.join("audit/audit.jsonl");
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[[rule]]\nname = \"loopback\"\neffect = \"allow\"\nroutes = [\"ehr\"]\nsources = [\"127.0.0.0/8\"]\n",
-    )
-    .unwrap();
-    let cfg = format!(
-        r#"[listen]
-addr = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[tls]
-cert = "{{cert}}"
-key = "{{key}}"
-
-[policy]
-file = "{policy}"
-
-[audit]
-file = "{trail}"
-
-[keys]
-dir = "{keys}"
-
-[alerts]
-webhook = "https://localhost:{hook}/hook"
-webhook_ca = "{{ca}}"
-
-[[route]]
-name = "app"
-host = "localhost"
-upstreams = ["https://{up}"]
-upstream_ca = "{{ca}}"
-public = true
-
-[[route]]
-name = "ehr"
-host = "ehr.test"
-upstreams = ["https://{up}"]
-upstream_ca = "{{ca}}"
-"#,
-        policy = policy.display(),
-        trail = trail.display(),
-        keys = dir.path().join("keys").display(),
-        hook = hook_addr.port(),
-        up = up.addr,
+    // The audit test's configuration (public `app`, policy-protected `ehr`),
+    // with its trail on a small tmpfs, an admin listener and the webhook.
+    let disk = Tmpfs::mount(&dir.path().join("audit"), "512k");
+    let trail = disk.0.join("audit.jsonl");
+    let cfg = crate::audit::config(dir.path(), up.addr, "batch").replacen(
+        "addr = \"127.0.0.1:0\"",
+        "addr = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+        1,
+    ) + &format!(
+        "\n[alerts]\nwebhook = \"https://localhost:{}/hook\"\nwebhook_ca = \"{{ca}}\"\n",
+        hook_addr.port()
     );
     let proxy = Proxy::start(&certs, &cfg);
     let admin = logged_addr(&proxy, "dermgate admin on http://").await;

@@ -24,7 +24,7 @@ fn verify(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn config(dir: &Path, up: std::net::SocketAddr, sync: &str) -> String {
+pub fn config(dir: &Path, up: std::net::SocketAddr, sync: &str) -> String {
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
